@@ -1,0 +1,172 @@
+"""The ingest flows: one document, or many in micro-batches, through the seven stages.
+
+    fetch -> hash -> dedupe -> parse -> chunk -> embed -> upsert
+
+Each stage is one task run over a micro-batch of documents (a one-document batch for
+``ingest_document``), so a large batch costs a few task runs per micro-batch instead of
+seven per document, while each document keeps its own status, error and timings.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
+from prefect.runtime import flow_run
+
+from ingestflow.progress import Progress, report
+from ingestflow.settings import get_settings
+from ingestflow.types import DocumentStatus, IngestResult
+from storage.collections import Collection, ensure_collection
+from storage.db import transaction
+from storage.migrate import ensure_schema
+from storage.objectstore import canonical_uri
+from tasks.chunk import chunk_task
+from tasks.dedupe import dedupe_task
+from tasks.embed import embed_task
+from tasks.embedders import Embedder, get_embedder
+from tasks.fetch import fetch_task, hash_task
+from tasks.parse import parse_task
+from tasks.upsert import upsert_task
+from tasks.work import DocWork
+
+
+@flow(name="ingest-document", flow_run_name="ingest {source}", log_prints=False)
+def ingest_document(
+    source: str,
+    collection: str = "default",
+    metadata: dict[str, Any] | None = None,
+    force: bool = False,
+) -> IngestResult:
+    """Ingest one document (a path or URI) into ``collection``.
+
+    Identical bytes already indexed from the same source are skipped as ``unchanged`` unless
+    ``force``; changed bytes replace the document's chunks atomically. A bad document ends
+    ``failed`` with a reason instead of raising.
+    """
+    return _ingest([source], collection=collection, metadata=metadata, force=force, batch_size=1)
+
+
+@flow(name="ingest-batch", flow_run_name="ingest {collection}", log_prints=False)
+def ingest_batch(
+    sources: list[str],
+    collection: str = "default",
+    metadata: dict[str, Any] | None = None,
+    force: bool = False,
+    batch_size: int | None = None,
+) -> IngestResult:
+    """Ingest many documents in one flow run, ``batch_size`` documents per micro-batch.
+
+    The embedding model is loaded once, and the chunks of a micro-batch's documents share
+    embedding batches. Every document gets its own outcome.
+    """
+    size = batch_size or get_settings().ingest.batch_size
+    return _ingest(sources, collection=collection, metadata=metadata, force=force, batch_size=size)
+
+
+def _ingest(
+    sources: Sequence[str],
+    *,
+    collection: str,
+    metadata: dict[str, Any] | None,
+    force: bool,
+    batch_size: int,
+) -> IngestResult:
+    ensure_schema()
+    embedder = get_embedder()
+    coll = open_collection(collection, embedder)
+    works = [DocWork(source=s, metadata=dict(metadata or {})) for s in unique_sources(sources)]
+    tracker = _Tracker(len(works))
+    with tempfile.TemporaryDirectory(prefix="ingestflow-") as tmp:
+        for start in range(0, len(works), batch_size):
+            batch = _run_stages(works[start : start + batch_size], coll, embedder, tmp, force)
+            tracker.advance(batch)
+    result = IngestResult(collection, tracker.outcomes, flow_run_id=flow_run.id)
+    _summarise(result)
+    return result
+
+
+def _run_stages(
+    works: list[DocWork], coll: Collection, embedder: Embedder, tmp: str, force: bool
+) -> list[DocWork]:
+    ingest = get_settings().ingest
+    run_id = flow_run.id
+    works = fetch_task(works, tmp, ingest.max_document_bytes)
+    works = hash_task(works)
+    works = dedupe_task(works, coll.id, force, run_id)
+    works = parse_task(works, ingest.parse_workers)
+    works = chunk_task(
+        works,
+        ingest.chunk_size,
+        ingest.chunk_overlap,
+        ingest.chunk_unit,
+        embedder.provider,
+        embedder.model,
+    )
+    works = embed_task(works, embedder.provider, embedder.model)
+    works = upsert_task(works, coll.id, run_id)
+    for work in works:
+        if work.fetched is not None:
+            work.fetched.path.unlink(missing_ok=True)
+    return works
+
+
+def open_collection(name: str, embedder: Embedder) -> Collection:
+    """The collection, created for ``embedder`` on first use; a different model is an error."""
+    with transaction() as conn:
+        return ensure_collection(
+            conn,
+            name=name,
+            provider=embedder.provider,
+            model=embedder.model,
+            dimension=embedder.dimension,
+        )
+
+
+def unique_sources(sources: Sequence[str]) -> list[str]:
+    """Sources in input order, each once (two spellings of one file count once)."""
+    seen: dict[str, str] = {}
+    for source in sources:
+        seen.setdefault(canonical_uri(source), source)
+    return list(seen.values())
+
+
+class _Tracker:
+    """Keeps the outcomes and reports progress to the Prefect UI and to local listeners."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.outcomes: list = []
+        self.artifact_id = create_progress_artifact(progress=0.0, description="documents done")
+
+    def advance(self, works: list[DocWork]) -> None:
+        self.outcomes.extend(w.outcome() for w in works)
+        done = len(self.outcomes)
+        if self.artifact_id is not None:
+            update_progress_artifact(self.artifact_id, progress=100.0 * done / max(self.total, 1))
+        report(Progress(done=done, total=self.total, outcomes=list(self.outcomes)))
+
+
+def _summarise(result: IngestResult) -> None:
+    logger = get_run_logger()
+    counts = {s.value: result.count(s) for s in DocumentStatus if result.count(s)}
+    logger.info("ingested into %r: %s", result.collection, counts)
+    lines = ["| status | documents |", "|---|---|"]
+    lines += [f"| {status} | {n} |" for status, n in counts.items()]
+    if result.failed:
+        lines += ["", "**Failures**", "", "| source | reason |", "|---|---|"]
+        for o in result.failed[:200]:
+            logger.warning("failed: %s: %s", o.source_uri, o.error)
+            lines.append(f"| {_cell(o.source_uri)} | {_cell(o.error or '')} |")
+    create_markdown_artifact("\n".join(lines), description=f"ingest into {result.collection}")
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")

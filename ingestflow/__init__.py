@@ -1,0 +1,24 @@
+"""ingestflow: document ingestion for RAG on Prefect 3 and Postgres/pgvector.
+
+``from ingestflow import ingest, search, status`` for notebooks and scripts; the flows
+themselves are in ``flows``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["ingest", "search", "status"]
+
+if TYPE_CHECKING:
+    from ingestflow.service import ingest, search, status
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so importing the settings or types does not pull in Prefect and the database.
+    if name in __all__:
+        from ingestflow import service
+
+        return getattr(service, name)
+    raise AttributeError(name)

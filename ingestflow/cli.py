@@ -1,0 +1,143 @@
+"""The ``ingestflow`` command line: a thin adapter over ``ingestflow.service``."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ingestflow.errors import IngestError
+
+app = typer.Typer(help="Document ingestion for RAG on Prefect and pgvector.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+console = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def one_line_errors(fn: F) -> F:
+    """Print errors as one clear line and exit 1; INGESTFLOW_DEBUG=1 shows the traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if os.environ.get("INGESTFLOW_DEBUG"):
+                raise
+            text = exc.reason if isinstance(exc, IngestError) else f"{type(exc).__name__}: {exc}"
+            err.print(f"[red]error:[/red] {text.splitlines()[0] if text else type(exc).__name__}")
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.command()
+@one_line_errors
+def ingest(
+    paths: Annotated[list[str], typer.Argument(help="Files, folders, globs or URIs.")],
+    collection: Annotated[str, typer.Option("--collection", "-c")] = "default",
+    force: Annotated[bool, typer.Option(help="Re-index even if the bytes are unchanged.")] = False,
+    metadata: Annotated[
+        str | None, typer.Option(help="JSON object stored on each document.")
+    ] = None,
+) -> None:
+    """Ingest documents through the Prefect ingest flow and summarise the outcome."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from ingestflow import progress as ingest_progress
+    from ingestflow.service import ingest as run_ingest
+    from ingestflow.types import DocumentStatus
+
+    meta = _json_object(metadata) if metadata else None
+    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task_id = bar.add_task("ingesting", total=None)
+
+        def update(p: ingest_progress.Progress) -> None:
+            bar.update(task_id, total=p.total, completed=p.done)
+
+        with ingest_progress.listen(update):
+            result = run_ingest(paths, collection=collection, metadata=meta, force=force)
+    counts = {s.value: result.count(s) for s in DocumentStatus if result.count(s)}
+    console.print(f"collection {collection!r}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    for outcome in result.failed:
+        console.print(f"  [red]failed[/red] {outcome.source_uri}: {outcome.error}")
+    if result.failed and len(result.failed) == len(result.outcomes):
+        raise typer.Exit(1)
+
+
+@app.command()
+@one_line_errors
+def search(
+    query: str,
+    collection: Annotated[str, typer.Option("--collection", "-c")] = "default",
+    k: Annotated[int, typer.Option("-k", min=1, max=1000)] = 5,
+    filter: Annotated[
+        str | None, typer.Option(help="JSON object the metadata must contain.")
+    ] = None,
+) -> None:
+    """Show the chunks most similar to QUERY, with source, provenance and score."""
+    from ingestflow.service import search as run_search
+
+    hits = run_search(
+        query, collection=collection, k=k, filter=_json_object(filter) if filter else None
+    )
+    if not hits:
+        console.print("no results")
+    for rank, hit in enumerate(hits, 1):
+        where = ", ".join(f"{k}={v}" for k, v in hit.provenance.items())
+        console.print(f"[bold]{rank}.[/bold] {hit.score:.3f}  {hit.source_uri}  [dim]{where}[/dim]")
+        snippet = " ".join(hit.content.split())
+        console.print(f"   {snippet[:300]}{'…' if len(snippet) > 300 else ''}", markup=False)
+
+
+@app.command()
+@one_line_errors
+def status(collection: Annotated[str | None, typer.Option("--collection", "-c")] = None) -> None:
+    """Documents by status, and recent failures."""
+    from ingestflow.service import status as run_status
+
+    report = run_status(collection=collection)
+    table = Table("status", "documents")
+    for state, n in sorted(report.counts.items()):
+        table.add_row(state, str(n))
+    console.print(table)
+    if report.failures:
+        console.print("recent failures:")
+        for f in report.failures:
+            console.print(f"  [{f['collection']}] {f['source_uri']}: {f['error']}", markup=False)
+
+
+@db_app.command("upgrade")
+@one_line_errors
+def db_upgrade() -> None:
+    """Apply pending schema migrations."""
+    from storage.migrate import current_version, upgrade
+
+    applied = upgrade()
+    names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "nothing to apply"
+    console.print(f"schema at version {current_version()} ({names})")
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise typer.BadParameter(f"not valid JSON: {e.msg}") from None
+    if not isinstance(value, dict):
+        raise typer.BadParameter("must be a JSON object")
+    return value
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,82 @@
+"""The error hierarchy.
+
+Every error is an ``IngestError``. ``permanent`` errors (bad input) fail at once and are never
+retried; the others are transient and retried with backoff. Errors keep only plain string
+state so they pickle across process boundaries, and their messages never carry secrets.
+"""
+
+from __future__ import annotations
+
+
+class IngestError(Exception):
+    """Base class. ``reason`` is a short, human-readable sentence stored on the document."""
+
+    permanent: bool = False
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __reduce__(self):  # keep subclasses picklable with their single argument
+        return (type(self), (self.reason,))
+
+
+class ConfigError(IngestError):
+    """Settings are missing or inconsistent (a missing credential, a bad URL)."""
+
+    permanent = True
+
+
+class FetchError(IngestError):
+    """The source could not be read (network blips, temporary I/O problems)."""
+
+
+class SourceNotFoundError(FetchError):
+    permanent = True
+
+
+class TooLargeError(FetchError):
+    permanent = True
+
+
+class ParseError(IngestError):
+    """The bytes could not be turned into text."""
+
+    permanent = True
+
+
+class UnsupportedTypeError(ParseError):
+    pass
+
+
+class EncryptedDocumentError(ParseError):
+    pass
+
+
+class EmptyDocumentError(ParseError):
+    """Parsed fine but holds no text (for example a scan without a text layer)."""
+
+
+class EmbedError(IngestError):
+    """The embedding provider failed; transient unless a subclass says otherwise."""
+
+
+class EmbedRequestRejected(EmbedError):
+    """The provider rejected the request itself (bad key, bad model): retrying cannot help."""
+
+    permanent = True
+
+
+class StoreError(IngestError):
+    """The database could not be reached or a write failed transiently."""
+
+
+class CollectionMismatchError(IngestError):
+    """A collection is fixed to one embedding model and dimension."""
+
+    permanent = True
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """True for errors that a retry cannot fix."""
+    return isinstance(exc, IngestError) and exc.permanent

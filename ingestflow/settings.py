@@ -1,0 +1,86 @@
+"""Settings, one class per concern, read from the environment when first asked for.
+
+Nothing is read at import time: ``get_settings()`` builds the settings once and caches them;
+``get_settings.cache_clear()`` makes the next call read the environment again.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from platformdirs import user_data_dir
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DatabaseSettings(BaseSettings):
+    """Where the Postgres + pgvector database is.
+
+    With no ``DATABASE_URL`` an embedded Postgres (pgserver) is started under ``data_dir``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="INGESTFLOW_DB_", extra="ignore")
+
+    url: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "INGESTFLOW_DB_URL")
+    )
+    data_dir: Path = Field(
+        default_factory=lambda: Path(user_data_dir("ingestflow")) / "pgdata",
+        description="Data directory of the embedded Postgres.",
+    )
+    pool_size: int = 5
+
+
+class IngestSettings(BaseSettings):
+    """Limits and shapes of the ingest pipeline."""
+
+    model_config = SettingsConfigDict(env_prefix="INGESTFLOW_", extra="ignore")
+
+    max_document_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
+    chunk_size: int = Field(default=1000, gt=0)
+    chunk_overlap: int = Field(default=200, ge=0)
+    chunk_unit: Literal["chars", "tokens"] = "chars"
+    batch_size: int = Field(default=32, gt=0, description="Documents per micro-batch.")
+    parse_workers: int = Field(default=2, gt=0, description="Documents parsed at once.")
+    collection: str = "default"
+
+
+class EmbeddingSettings(BaseSettings):
+    """Which embedder a new collection uses and how requests are batched and retried."""
+
+    model_config = SettingsConfigDict(env_prefix="INGESTFLOW_EMBED_", extra="ignore")
+
+    provider: str = "local"
+    model: str | None = Field(default=None, description="Model name; provider default if unset.")
+    batch_size: int = Field(default=64, gt=0, description="Most texts per request or forward pass.")
+    max_batch_tokens: int = Field(default=100_000, gt=0, description="Most tokens per request.")
+    openai_base_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OPENAI_BASE_URL", "INGESTFLOW_EMBED_OPENAI_BASE_URL"),
+    )
+    openai_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OPENAI_API_KEY", "INGESTFLOW_EMBED_OPENAI_API_KEY"),
+    )
+    request_timeout: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=6, ge=0)
+    max_retry_wait: float = Field(
+        default=60.0, gt=0, description="Longest single backoff, seconds."
+    )
+    torch_threads: int = Field(default=1, gt=0, description="Torch threads for the local model.")
+
+
+class Settings:
+    """The settings of every concern, built on first access."""
+
+    def __init__(self) -> None:
+        self.database = DatabaseSettings()
+        self.ingest = IngestSettings()
+        self.embedding = EmbeddingSettings()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

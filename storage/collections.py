@@ -1,0 +1,97 @@
+"""Collections: a name within a tenant, fixed to one embedding model and dimension."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from ingestflow.errors import CollectionMismatchError, IngestError
+
+
+@dataclass(frozen=True)
+class Collection:
+    id: int
+    tenant: str
+    name: str
+    embedding_provider: str
+    embedding_model: str
+    dimension: int
+
+    @property
+    def embedder_identity(self) -> str:
+        return f"{self.embedding_provider}:{self.embedding_model}"
+
+
+class CollectionNotFoundError(IngestError):
+    permanent = True
+
+
+def get_collection(conn: psycopg.Connection, *, name: str, tenant: str = "default") -> Collection:
+    row = conn.execute(
+        "SELECT id, tenant, name, embedding_provider, embedding_model, dimension"
+        " FROM collections WHERE tenant = %s AND name = %s",
+        (tenant, name),
+    ).fetchone()
+    if row is None:
+        raise CollectionNotFoundError(f"collection {name!r} does not exist")
+    return Collection(**row)
+
+
+def ensure_collection(
+    conn: psycopg.Connection,
+    *,
+    name: str,
+    provider: str,
+    model: str,
+    dimension: int,
+    tenant: str = "default",
+) -> Collection:
+    """Return the collection, creating it (with its vector index) on first use.
+
+    A collection keeps the model it was created with; asking for another is an error, since
+    vectors of different models cannot be compared.
+    """
+    row = conn.execute(
+        "INSERT INTO collections (tenant, name, embedding_provider, embedding_model, dimension)"
+        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (tenant, name) DO NOTHING RETURNING id",
+        (tenant, name, provider, model, dimension),
+    ).fetchone()
+    if row is not None:
+        _create_vector_index(conn, collection_id=row["id"], dimension=dimension)
+    coll = get_collection(conn, name=name, tenant=tenant)
+    if (coll.embedding_provider, coll.embedding_model, coll.dimension) != (
+        provider,
+        model,
+        dimension,
+    ):
+        raise CollectionMismatchError(
+            f"collection {name!r} uses {coll.embedder_identity} ({coll.dimension} dimensions);"
+            f" it cannot be ingested with {provider}:{model} ({dimension} dimensions)"
+        )
+    return coll
+
+
+def _create_vector_index(conn: psycopg.Connection, *, collection_id: int, dimension: int) -> None:
+    # A partial index per collection over a typed cast: one chunks table can hold collections
+    # of different dimensions, and each still gets an HNSW index (pgvector's documented way).
+    conn.execute(
+        sql.SQL(
+            "CREATE INDEX IF NOT EXISTS {index} ON chunks USING hnsw"
+            " ((embedding::vector({dim})) vector_cosine_ops) WHERE collection_id = {cid}"
+        ).format(
+            index=sql.Identifier(f"chunks_embedding_c{collection_id}"),
+            dim=sql.Literal(dimension),
+            cid=sql.Literal(collection_id),
+        )
+    )
+
+
+def list_collections(conn: psycopg.Connection, *, tenant: str = "default") -> list[Collection]:
+    rows = conn.execute(
+        "SELECT id, tenant, name, embedding_provider, embedding_model, dimension"
+        " FROM collections WHERE tenant = %s ORDER BY name",
+        (tenant,),
+    ).fetchall()
+    return [Collection(**r) for r in rows]

@@ -1,0 +1,116 @@
+"""Document rows: claiming a source for (re)indexing, recording outcomes, reporting status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from ingestflow.types import DocumentStatus
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The dedupe decision for one source: index it now, or it is already up to date."""
+
+    document_id: str
+    unchanged: bool
+    chunk_count: int
+
+
+def claim_document(
+    conn: psycopg.Connection,
+    *,
+    collection_id: int,
+    source_uri: str,
+    sha256: str,
+    size: int,
+    metadata: dict[str, Any],
+    force: bool,
+    flow_run_id: str | None,
+) -> Claim:
+    """Decide whether ``source_uri`` with these bytes needs indexing, and record the decision.
+
+    The same bytes already indexed (and not ``force``) -> ``unchanged``. Otherwise the row moves
+    to ``processing`` with the new digest; its old chunks stay searchable until the upsert
+    replaces them. Runs in the caller's transaction.
+    """
+    row = conn.execute(
+        "SELECT id, sha256, status, chunk_count FROM documents"
+        " WHERE collection_id = %s AND source_uri = %s FOR UPDATE",
+        (collection_id, source_uri),
+    ).fetchone()
+    done = (DocumentStatus.INDEXED.value, DocumentStatus.UNCHANGED.value)
+    if row and row["sha256"] == sha256 and row["status"] in done and not force:
+        conn.execute(
+            "UPDATE documents SET status = 'unchanged', updated_at = now(), flow_run_id = %s,"
+            " metadata = metadata || %s WHERE id = %s",
+            (flow_run_id, Jsonb(metadata), row["id"]),
+        )
+        return Claim(str(row["id"]), True, row["chunk_count"])
+    new = conn.execute(
+        "INSERT INTO documents (collection_id, source_uri, sha256, size_bytes, status,"
+        " attempts, flow_run_id, metadata) VALUES (%s, %s, %s, %s, 'processing', 1, %s, %s)"
+        " ON CONFLICT (collection_id, source_uri) DO UPDATE SET sha256 = excluded.sha256,"
+        " size_bytes = excluded.size_bytes, status = 'processing', error = NULL,"
+        " attempts = documents.attempts + 1, flow_run_id = excluded.flow_run_id,"
+        " metadata = excluded.metadata, updated_at = now()"
+        " RETURNING id, chunk_count",
+        (collection_id, source_uri, sha256, size, flow_run_id, Jsonb(metadata)),
+    ).fetchone()
+    return Claim(str(new["id"]), False, new["chunk_count"])
+
+
+def record_failure(
+    conn: psycopg.Connection,
+    *,
+    collection_id: int,
+    source_uri: str,
+    error: str,
+    flow_run_id: str | None,
+    metadata: dict[str, Any] | None = None,
+) -> str:
+    """Mark a source ``failed`` with a human-readable reason; its existing chunks are kept."""
+    row = conn.execute(
+        "INSERT INTO documents (collection_id, source_uri, status, error, attempts, flow_run_id,"
+        " metadata) VALUES (%s, %s, 'failed', %s, 1, %s, %s)"
+        " ON CONFLICT (collection_id, source_uri) DO UPDATE SET status = 'failed',"
+        " error = excluded.error, flow_run_id = excluded.flow_run_id, updated_at = now(),"
+        " attempts = CASE WHEN documents.status = 'processing' THEN documents.attempts"
+        " ELSE documents.attempts + 1 END"
+        " RETURNING id",
+        (collection_id, source_uri, error, flow_run_id, Jsonb(metadata or {})),
+    ).fetchone()
+    return str(row["id"])
+
+
+def status_counts(conn: psycopg.Connection, *, collection_id: int | None = None) -> dict[str, int]:
+    rows = conn.execute(
+        "SELECT status, count(*) AS n FROM documents"
+        " WHERE %(cid)s::int IS NULL OR collection_id = %(cid)s GROUP BY status",
+        {"cid": collection_id},
+    ).fetchall()
+    return {r["status"]: r["n"] for r in rows}
+
+
+def recent_failures(
+    conn: psycopg.Connection, *, collection_id: int | None = None, limit: int = 10
+) -> list[dict[str, Any]]:
+    return conn.execute(
+        "SELECT d.source_uri, d.error, d.updated_at, c.name AS collection"
+        " FROM documents d JOIN collections c ON c.id = d.collection_id"
+        " WHERE d.status = 'failed' AND (%(cid)s::int IS NULL OR d.collection_id = %(cid)s)"
+        " ORDER BY d.updated_at DESC LIMIT %(limit)s",
+        {"cid": collection_id, "limit": limit},
+    ).fetchall()
+
+
+def get_document(
+    conn: psycopg.Connection, *, collection_id: int, source_uri: str
+) -> dict[str, Any] | None:
+    return conn.execute(
+        "SELECT * FROM documents WHERE collection_id = %s AND source_uri = %s",
+        (collection_id, source_uri),
+    ).fetchone()

@@ -1,0 +1,34 @@
+"""Vectors cached by (embedder identity, chunk content hash): unchanged text is embedded once."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import psycopg
+
+
+def cached_vectors(
+    conn: psycopg.Connection, *, model: str, content_hashes: Sequence[str]
+) -> dict[str, np.ndarray]:
+    if not content_hashes:
+        return {}
+    rows = conn.execute(
+        "SELECT content_hash, embedding FROM embedding_cache"
+        " WHERE model = %s AND content_hash = ANY(%s)",
+        (model, list(content_hashes)),
+        binary=True,
+    ).fetchall()
+    return {r["content_hash"]: np.asarray(r["embedding"], dtype=np.float32) for r in rows}
+
+
+def store_vectors(conn: psycopg.Connection, *, model: str, vectors: dict[str, np.ndarray]) -> None:
+    """Add vectors to the cache; existing entries win (they are identical by construction)."""
+    if not vectors:
+        return
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO embedding_cache (model, content_hash, embedding) VALUES (%s, %s, %b)"
+            " ON CONFLICT (model, content_hash) DO NOTHING",
+            [(model, h, v) for h, v in vectors.items()],
+        )

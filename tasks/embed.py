@@ -1,0 +1,84 @@
+"""The embed step: chunks -> vectors, through the vector cache and the collection's embedder.
+
+All chunks of a micro-batch are embedded together, so many small documents fill whole model
+batches. Texts already in the cache, or repeated within the batch, are embedded once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+from prefect import task
+
+from ingestflow.errors import is_permanent
+from storage.db import transaction
+from storage.embedding_cache import cached_vectors, store_vectors
+from tasks.embedders import Embedder, get_embedder
+from tasks.options import final_attempt, stage_options
+from tasks.work import DocWork, Stopwatch, describe_error
+
+
+def embed_documents(
+    works: Sequence[DocWork], *, embedder: Embedder, final_attempt: bool = True
+) -> list[DocWork]:
+    """Attach one vector per chunk to every active document.
+
+    A provider failure affects the whole micro-batch: it is raised for a retry, and on the
+    final attempt (or when permanent) every active document fails with the reason.
+    """
+    active = [w for w in works if w.active and w.chunks]
+    try:
+        with Stopwatch() as watch:
+            vectors, fresh = _vectors_by_hash(active, embedder) if active else ({}, set())
+    except Exception as exc:
+        if not (is_permanent(exc) or final_attempt):
+            raise
+        reason = f"embedding failed: {describe_error(exc)}"
+        return [w.failed(reason) if w.active and w.chunks else w for w in works]
+    total = sum(len(w.chunks or []) for w in active)
+    out = []
+    for work in works:
+        if not work.active:
+            out.append(work)
+            continue
+        hashes = [c.content_hash for c in work.chunks or []]
+        if not hashes:
+            out.append(replace(work, vectors=np.empty((0, embedder.dimension), np.float32)))
+            continue
+        share = watch.seconds * len(hashes) / max(total, 1)
+        out.append(
+            replace(
+                work,
+                vectors=np.stack([vectors[h] for h in hashes]),
+                embedded=sum(1 for h in set(hashes) if h in fresh),
+                timings=work.timed("embed", share),
+            )
+        )
+    return out
+
+
+def _vectors_by_hash(
+    works: Sequence[DocWork], embedder: Embedder
+) -> tuple[dict[str, np.ndarray], set[str]]:
+    """Vectors for every chunk hash in ``works``; the second value names those newly embedded."""
+    texts = {c.content_hash: c.content for w in works for c in w.chunks or []}
+    with transaction() as conn:
+        vectors = cached_vectors(conn, model=embedder.identity, content_hashes=list(texts))
+    missing = [h for h in texts if h not in vectors]
+    if missing:
+        fresh = embedder.embed([texts[h] for h in missing])
+        new = dict(zip(missing, fresh, strict=True))
+        # Cache before the upsert, so a crash after this point never pays for them again.
+        with transaction() as conn:
+            store_vectors(conn, model=embedder.identity, vectors=new)
+        vectors.update(new)
+    return vectors, set(missing)
+
+
+@task(**stage_options("embed", timeout_seconds=4 * 3600))
+def embed_task(works: list[DocWork], provider: str, model: str) -> list[DocWork]:
+    return embed_documents(
+        works, embedder=get_embedder(provider, model), final_attempt=final_attempt()
+    )

@@ -1,0 +1,122 @@
+"""The Embedder extension point: one abstract ``embed_batch`` and a registry.
+
+Built-in embedders register themselves the same way a plugin would::
+
+    @register_embedder("my-provider")
+    class MyEmbedder(Embedder): ...
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+
+from ingestflow.errors import ConfigError
+from ingestflow.settings import EmbeddingSettings, get_settings
+
+
+class Embedder(ABC):
+    """Turns texts into unit-length float32 vectors of a fixed dimension."""
+
+    provider: str = ""
+    default_model: str = ""
+
+    def __init__(self, model: str | None, settings: EmbeddingSettings) -> None:
+        self.model = model or self.default_model
+        self.settings = settings
+
+    @property
+    @abstractmethod
+    def dimension(self) -> int:
+        """Length of every vector this embedder returns."""
+
+    @abstractmethod
+    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed one batch (already sized by ``batches``) into an (n, dimension) array."""
+
+    def count_tokens(self, text: str) -> int:
+        """Token count used for batch sizing and token-aware chunking.
+
+        Subclasses with a real tokenizer override this; the default is a conservative
+        estimate of four characters per token.
+        """
+        return len(text) // 4 + 1
+
+    def batches(self, texts: Sequence[str]) -> Iterator[list[int]]:
+        """Yield index lists whose size respects both the count and the token budget."""
+        limit, token_budget = self.settings.batch_size, self.settings.max_batch_tokens
+        batch: list[int] = []
+        tokens = 0
+        for i, text in enumerate(texts):
+            n = self.count_tokens(text)
+            if batch and (len(batch) >= limit or tokens + n > token_budget):
+                yield batch
+                batch, tokens = [], 0
+            batch.append(i)
+            tokens += n
+        if batch:
+            yield batch
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed any number of texts, batch by batch, keeping their order."""
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for idx in self.batches(texts):
+            out[idx] = self.embed_batch([texts[i] for i in idx])
+        return out
+
+    @property
+    def identity(self) -> str:
+        """Key for the vector cache: the same identity always gives the same vectors."""
+        return f"{self.provider}:{self.model}"
+
+
+EmbedderFactory = Callable[[str | None, EmbeddingSettings], Embedder]
+_registry: dict[str, EmbedderFactory] = {}
+_instances: dict[tuple[str, str | None], Embedder] = {}
+_lock = threading.Lock()
+
+
+def register_embedder(provider: str) -> Callable[[type[Embedder]], type[Embedder]]:
+    """Class decorator that makes an embedder available under ``provider``."""
+
+    def decorate(cls: type[Embedder]) -> type[Embedder]:
+        cls.provider = provider
+        _registry[provider] = cls
+        return cls
+
+    return decorate
+
+
+def available_providers() -> list[str]:
+    _load_builtins()
+    return sorted(_registry)
+
+
+def get_embedder(provider: str | None = None, model: str | None = None) -> Embedder:
+    """The process-wide embedder for (provider, model); models load once per process."""
+    settings = get_settings().embedding
+    provider = provider or settings.provider
+    model = model or (settings.model if provider == settings.provider else None)
+    _load_builtins()
+    with _lock:
+        key = (provider, model)
+        if key not in _instances:
+            if provider not in _registry:
+                known = ", ".join(sorted(_registry))
+                raise ConfigError(f"unknown embedding provider {provider!r} (known: {known})")
+            _instances[key] = _registry[provider](model, settings)
+        return _instances[key]
+
+
+def clear_embedders() -> None:
+    """Forget cached embedder instances (after settings change)."""
+    with _lock:
+        _instances.clear()
+
+
+def _load_builtins() -> None:
+    # Importing registers them; the heavy libraries load only when an embedder is built.
+    from tasks.embedders import local, openai  # noqa: F401

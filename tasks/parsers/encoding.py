@@ -1,0 +1,129 @@
+"""Bytes to text for the text-based formats: BOMs, UTF-16 without BOM, UTF-8, then detection."""
+
+from __future__ import annotations
+
+import codecs
+import unicodedata
+
+from charset_normalizer import from_bytes
+
+from ingestflow.errors import UnsupportedTypeError
+
+# Longest first: the UTF-32-LE BOM starts with the UTF-16-LE one.
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+# Control bytes that never occur in real text (tab, newlines, form feed and ESC do).
+_CONTROL = frozenset(range(0x20)) - {0x09, 0x0A, 0x0C, 0x0D, 0x1B}
+# WHATWG: browsers decode these declared labels as windows-1252, and so do we.
+_WINDOWS_1252_ALIASES = frozenset({"ascii", "us-ascii", "iso-8859-1", "latin-1", "latin1"})
+_SAMPLE = 64 * 1024
+
+
+def bom_encoding(data: bytes) -> str | None:
+    """The codec named by a byte-order mark at the start of ``data``, if any."""
+    for bom, codec in _BOMS:
+        if data.startswith(bom):
+            return codec
+    return None
+
+
+def utf16_without_bom(data: bytes) -> str | None:
+    """``utf-16-le``/``-be`` when the NUL pattern says so.
+
+    Mostly-ASCII UTF-16 has a NUL in every other byte. Such bytes also "decode" as UTF-8
+    (NUL is valid UTF-8), so this must be checked before trying UTF-8.
+    """
+    sample = data[: _SAMPLE & ~1]
+    if len(sample) < 4:
+        return None
+    even, odd = sample[0::2], sample[1::2]
+    even_nul, odd_nul = even.count(0) / len(even), odd.count(0) / len(odd)
+    if odd_nul > 0.3 and even_nul < 0.02:
+        return "utf-16-le"
+    if even_nul > 0.3 and odd_nul < 0.02:
+        return "utf-16-be"
+    return None
+
+
+def looks_binary(data: bytes) -> bool:
+    """True when ``data`` (a sample) is not text in any common encoding."""
+    if bom_encoding(data) or utf16_without_bom(data):
+        return False
+    sample = data[:_SAMPLE]
+    if not sample:
+        return False
+    controls = sum(1 for byte in sample if byte in _CONTROL)
+    return controls / len(sample) > 0.01
+
+
+def sniff_text(head: bytes) -> str | None:
+    """A rough decoding of the first bytes, good enough to look at the structure, or
+    ``None`` when they look binary. Structural characters (``<``, ``{``, ``#``) are ASCII
+    in every encoding we accept except UTF-16/32, which are handled by their BOM/pattern."""
+    codec = bom_encoding(head) or utf16_without_bom(head)
+    if codec:
+        return head.decode(codec, errors="replace")
+    if looks_binary(head):
+        return None
+    return head.decode("utf-8", errors="replace")
+
+
+def decode_text(data: bytes, *, declared: str | None = None) -> str:
+    """Decode ``data`` to ``str`` with universal newlines.
+
+    Order: byte-order mark, UTF-16 without BOM, the ``declared`` charset (from an HTML
+    ``<meta>``) if it decodes cleanly, strict UTF-8, then charset-normalizer's best guess.
+    """
+    codec = bom_encoding(data) or utf16_without_bom(data)
+    if codec:
+        text = data.decode(codec, errors="replace")
+    else:
+        text = _decode_declared(data, declared)
+        if text is None:
+            text = _decode_guess(data)
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _decode_declared(data: bytes, declared: str | None) -> str | None:
+    candidates = []
+    if declared:
+        label = declared.strip().lower()
+        candidates.append("cp1252" if label in _WINDOWS_1252_ALIASES else label)
+    candidates.append("utf-8")
+    for codec in candidates:
+        try:
+            return data.decode(codec)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return None
+
+
+def _decode_guess(data: bytes) -> str:
+    if looks_binary(data):
+        raise UnsupportedTypeError("unsupported file type (looks like binary data, not text)")
+    best = from_bytes(data).best()
+    if best is None:
+        raise UnsupportedTypeError(
+            "unsupported file type (looks like binary data: no text encoding fits)"
+        )
+    text = str(best)
+    if _unprintable_ratio(text[:_SAMPLE]) > 0.05:
+        raise UnsupportedTypeError(
+            f"unsupported file type (looks like binary data; best text guess {best.encoding} "
+            "is mostly unprintable)"
+        )
+    return text
+
+
+def _unprintable_ratio(text: str) -> float:
+    if not text:
+        return 0.0
+    bad = sum(
+        1 for ch in text if unicodedata.category(ch) in ("Cc", "Co", "Cn", "Cs") and ch not in "\t\n\r\f\x1b"
+    )
+    return bad / len(text)

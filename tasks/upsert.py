@@ -1,0 +1,70 @@
+"""The upsert step: swap each document's chunks in atomically and record every outcome."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from prefect import task
+
+from ingestflow.types import DocumentStatus
+from storage.chunks import DocumentChunks, replace_chunks
+from storage.db import transaction
+from storage.documents import record_failure
+from tasks.options import stage_options
+from tasks.work import DocWork, Stopwatch, public_metadata
+
+
+def upsert_documents(
+    works: Sequence[DocWork], *, collection_id: int, flow_run_id: str | None
+) -> list[DocWork]:
+    """Write the micro-batch in one transaction: new chunk sets and failure reasons.
+
+    A document that a newer run claimed in the meantime is left to that run and reported
+    with the status the database holds for it.
+    """
+    ready = [w for w in works if w.active]
+    with Stopwatch() as watch, transaction() as conn:
+        written = set(
+            replace_chunks(
+                conn, collection_id=collection_id, documents=[_as_chunks(w) for w in ready]
+            )
+        )
+        for work in works:
+            if work.status is DocumentStatus.FAILED:
+                record_failure(
+                    conn,
+                    collection_id=collection_id,
+                    source_uri=work.fetched.source_uri if work.fetched else work.source,
+                    error=work.error or "failed",
+                    flow_run_id=flow_run_id,
+                    metadata=public_metadata(work.metadata),
+                )
+    share = watch.seconds / max(len(ready), 1)
+    out = []
+    for work in works:
+        if work.active:
+            status = (
+                DocumentStatus.INDEXED if work.document_id in written else DocumentStatus.PROCESSING
+            )
+            work = replace(work, status=status, vectors=None, timings=work.timed("upsert", share))
+        out.append(work)
+    return out
+
+
+def _as_chunks(work: DocWork) -> DocumentChunks:
+    assert work.document_id and work.sha256 and work.chunks is not None
+    assert work.vectors is not None
+    return DocumentChunks(
+        document_id=work.document_id,
+        sha256=work.sha256,
+        media_type=work.media_type or "",
+        chunks=work.chunks,
+        vectors=work.vectors,
+        timings={**work.timings},
+    )
+
+
+@task(**stage_options("upsert", timeout_seconds=3600))
+def upsert_task(works: list[DocWork], collection_id: int, flow_run_id: str | None) -> list[DocWork]:
+    return upsert_documents(works, collection_id=collection_id, flow_run_id=flow_run_id)

@@ -1,0 +1,128 @@
+"""The unit of work that moves through the stages: one document and what is known about it.
+
+Stages take and return lists of ``DocWork`` so that one Prefect task run handles a whole
+micro-batch, while every document keeps its own outcome, error and timings.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from ingestflow.errors import IngestError, is_permanent
+from ingestflow.types import Chunk, DocumentOutcome, DocumentStatus, FetchedSource, Segment
+
+# Metadata keys consumed by the pipeline and never stored, logged or returned.
+SECRET_METADATA_KEYS = frozenset({"password"})
+
+
+def public_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metadata.items() if k not in SECRET_METADATA_KEYS}
+
+
+@dataclass(frozen=True)
+class DocWork:
+    source: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    fetched: FetchedSource | None = None
+    sha256: str | None = None
+    document_id: str | None = None
+    status: DocumentStatus = DocumentStatus.PROCESSING
+    media_type: str | None = None
+    segments: list[Segment] | None = None
+    chunks: list[Chunk] | None = None
+    vectors: np.ndarray | None = None
+    embedded: int = 0
+    chunk_count: int = 0
+    error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        """Still moving through the pipeline (not failed, not skipped as unchanged)."""
+        return self.status is DocumentStatus.PROCESSING
+
+    def failed(self, reason: str) -> DocWork:
+        return replace(
+            self,
+            status=DocumentStatus.FAILED,
+            error=reason,
+            segments=None,
+            chunks=None,
+            vectors=None,
+        )
+
+    def timed(self, stage: str, seconds: float) -> dict[str, float]:
+        return {**self.timings, stage: round(self.timings.get(stage, 0.0) + seconds, 4)}
+
+    def outcome(self) -> DocumentOutcome:
+        count = len(self.chunks) if self.chunks is not None else self.chunk_count
+        return DocumentOutcome(
+            source_uri=self.fetched.source_uri if self.fetched else self.source,
+            status=self.status,
+            document_id=self.document_id,
+            chunk_count=count,
+            embedded_chunks=self.embedded,
+            error=self.error,
+        )
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line, human-readable reason for storing on a document."""
+    if isinstance(exc, IngestError):
+        return exc.reason
+    where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    at = f" (at {where[0].name})" if where else ""
+    return f"unexpected {type(exc).__name__}: {exc}{at}".strip()
+
+
+def per_document(
+    works: Sequence[DocWork],
+    step: Callable[[DocWork], DocWork],
+    *,
+    stage: str,
+    final_attempt: bool,
+) -> list[DocWork]:
+    """Apply ``step`` to each active document, isolating failures to that document.
+
+    Permanent errors fail the document at once. A transient error is raised after the other
+    documents have been processed, so the stage task retries; on its final attempt the
+    document fails instead, and the rest of the batch carries on.
+    """
+    out: list[DocWork] = []
+    transient: BaseException | None = None
+    for work in works:
+        if not work.active:
+            out.append(work)
+            continue
+        started = time.perf_counter()
+        try:
+            done = step(work)
+        except Exception as exc:  # noqa: BLE001 - classified right here
+            if is_permanent(exc) or final_attempt:
+                out.append(work.failed(describe_error(exc)))
+            else:
+                transient = transient or exc
+                out.append(work)
+            continue
+        out.append(replace(done, timings=done.timed(stage, time.perf_counter() - started)))
+    if transient is not None:
+        raise transient
+    return out
+
+
+class Stopwatch:
+    """Times a ``with`` block; ``seconds`` holds the duration once the block has ended."""
+
+    def __enter__(self) -> Stopwatch:
+        self.seconds = 0.0
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.seconds = time.perf_counter() - self._started
