@@ -116,6 +116,8 @@ def worker_onnx(args: argparse.Namespace, texts: list[str]) -> dict:
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
     options.inter_op_num_threads = 1
+    # Without this the arena keeps the largest batch's activations: ~1.9 GB RSS at batch 64.
+    options.enable_cpu_mem_arena = False
     session = ort.InferenceSession(args.onnx_file, options, providers=["CPUExecutionProvider"])
     load_s = time.perf_counter() - start
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -60,7 +61,7 @@ def replace_chunks(
             for chunk, vector in zip(doc.chunks, doc.vectors, strict=True):
                 copy.write_row(
                     (
-                        doc.document_id,
+                        uuid.UUID(doc.document_id),
                         collection_id,
                         chunk.ordinal,
                         chunk.content,

@@ -19,7 +19,7 @@ def cached_vectors(
         (model, list(content_hashes)),
         binary=True,
     ).fetchall()
-    return {r["content_hash"]: np.asarray(r["embedding"], dtype=np.float32) for r in rows}
+    return {r["content_hash"]: r["embedding"].to_numpy().astype(np.float32) for r in rows}
 
 
 def store_vectors(conn: psycopg.Connection, *, model: str, vectors: dict[str, np.ndarray]) -> None:

@@ -13,6 +13,7 @@ import logging
 import random
 import re
 import threading
+from urllib.parse import urlparse
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -128,6 +129,15 @@ class OpenAIEmbedder(Embedder):
 
     def __repr__(self) -> str:
         return f"OpenAIEmbedder(model={self.model!r})"
+
+    @property
+    def identity(self) -> str:
+        """Cache key: another endpoint may serve different vectors under the same model name."""
+        base = self.settings.openai_base_url
+        if not base:
+            return f"openai:{self.model}"
+        url = urlparse(base)
+        return f"openai:{self.model}@{url.hostname}:{url.port or ''}{url.path.rstrip('/')}"
 
     @property
     def dimension(self) -> int:

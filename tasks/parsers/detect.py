@@ -30,20 +30,36 @@ _OOXML_MAIN_PARTS = (
     ("spreadsheetml.sheet.main+xml", XLSX),
     ("presentationml.presentation.main+xml", PPTX),
 )
-_OOXML_FALLBACK_PARTS = (("word/document.xml", DOCX), ("xl/workbook.xml", XLSX),
-                         ("ppt/presentation.xml", PPTX))
+_OOXML_FALLBACK_PARTS = (
+    ("word/document.xml", DOCX),
+    ("xl/workbook.xml", XLSX),
+    ("ppt/presentation.xml", PPTX),
+)
 # Signatures of common binary files, to name them in the "unsupported" reason.
 _SIGNATURES = (
-    (b"\x89PNG\r\n\x1a\n", "PNG image"), (b"\xff\xd8\xff", "JPEG image"),
-    (b"GIF87a", "GIF image"), (b"GIF89a", "GIF image"), (b"II*\x00", "TIFF image"),
-    (b"MM\x00*", "TIFF image"), (b"\x1f\x8b", "gzip archive"), (b"BZh", "bzip2 archive"),
-    (b"\xfd7zXZ\x00", "xz archive"), (b"7z\xbc\xaf\x27\x1c", "7-Zip archive"),
-    (b"Rar!\x1a\x07", "RAR archive"), (b"\x7fELF", "ELF executable"),
-    (b"MZ", "Windows executable"), (b"SQLite format 3\x00", "SQLite database"),
-    (b"ID3", "MP3 audio"), (b"OggS", "Ogg media"), (b"fLaC", "FLAC audio"),
-    (b"\x00asm", "WebAssembly module"), (b"\xca\xfe\xba\xbe", "Java class or Mach-O binary"),
+    (b"\x89PNG\r\n\x1a\n", "PNG image"),
+    (b"\xff\xd8\xff", "JPEG image"),
+    (b"GIF87a", "GIF image"),
+    (b"GIF89a", "GIF image"),
+    (b"II*\x00", "TIFF image"),
+    (b"MM\x00*", "TIFF image"),
+    (b"\x1f\x8b", "gzip archive"),
+    (b"BZh", "bzip2 archive"),
+    (b"\xfd7zXZ\x00", "xz archive"),
+    (b"7z\xbc\xaf\x27\x1c", "7-Zip archive"),
+    (b"Rar!\x1a\x07", "RAR archive"),
+    (b"\x7fELF", "ELF executable"),
+    (b"MZ", "Windows executable"),
+    (b"SQLite format 3\x00", "SQLite database"),
+    (b"ID3", "MP3 audio"),
+    (b"OggS", "Ogg media"),
+    (b"fLaC", "FLAC audio"),
+    (b"\x00asm", "WebAssembly module"),
+    (b"\xca\xfe\xba\xbe", "Java class or Mach-O binary"),
 )
-_HTML_START = re.compile(r"^(?:<\?xml[^>]*>\s*)?(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html)\b", re.S)
+_HTML_START = re.compile(
+    r"^(?:<\?xml[^>]*>\s*)?(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html)\b", re.S
+)
 _HTML_TAGS = re.compile(r"<(?:html|head|body|div|p|table|title|meta)\b[^>]*>")
 _HTML_EXT = {".html", ".htm", ".xhtml"}
 _MARKDOWN_EXT = {".md", ".markdown", ".mdown", ".mkd", ".mdx"}
@@ -121,7 +137,7 @@ def _ole2_error(path: Path) -> Exception:
                     "Office document is password-protected; encrypted DOCX/XLSX/PPTX files "
                     "are not supported, save an unprotected copy"
                 )
-            tail = chunk[-len(marker):]
+            tail = chunk[-len(marker) :]
     return UnsupportedTypeError(
         "unsupported file type (legacy Microsoft Office binary format .doc/.xls/.ppt; "
         "save it as DOCX/XLSX/PPTX)"

@@ -22,6 +22,17 @@ _CONTROL = frozenset(range(0x20)) - {0x09, 0x0A, 0x0C, 0x0D, 0x1B}
 # WHATWG: browsers decode these declared labels as windows-1252, and so do we.
 _WINDOWS_1252_ALIASES = frozenset({"ascii", "us-ascii", "iso-8859-1", "latin-1", "latin1"})
 _SAMPLE = 64 * 1024
+_WESTERN_CHARS = frozenset(
+    [chr(c) for c in range(0xC0, 0x100) if c not in (0xD7, 0xF7)]
+    + list("ŒœŠšŽžŸƒ“”‘’‚„–—…•€«»°·×÷±§©®™¡¿¢£¥\xa0")
+)
+# Languages whose usual single-byte encoding is windows-1252 (charset-normalizer's names).
+_WESTERN_LANGUAGES = frozenset({
+    "English", "French", "German", "Spanish", "Portuguese", "Italian", "Dutch", "Danish",
+    "Swedish", "Norwegian", "Finnish", "Indonesian", "Catalan",
+})
+_UNPRINTABLE = frozenset({"Cc", "Co", "Cn", "Cs"})
+_SPACES = frozenset("\t\n\r\f\x1b")
 
 
 def bom_encoding(data: bytes) -> str | None:
@@ -106,7 +117,11 @@ def _decode_declared(data: bytes, declared: str | None) -> str | None:
 def _decode_guess(data: bytes) -> str:
     if looks_binary(data):
         raise UnsupportedTypeError("unsupported file type (looks like binary data, not text)")
-    best = from_bytes(data).best()
+    matches = from_bytes(data)
+    best = matches.best()
+    western = _western(data)
+    if western is not None and _prefer_western(best):
+        return western
     if best is None:
         raise UnsupportedTypeError(
             "unsupported file type (looks like binary data: no text encoding fits)"
@@ -120,10 +135,42 @@ def _decode_guess(data: bytes) -> str:
     return text
 
 
+def _western(data: bytes) -> str | None:
+    """The windows-1252 reading of ``data`` if it looks like Western European text.
+
+    charset-normalizer is weak on short single-byte text: French in windows-1252 comes back
+    as Baltic cp1257 and "Hello café" as Urdu cp1006. Western text has few non-ASCII letters,
+    in short runs, all from Latin-1 or typographic punctuation; Cyrillic or CJK bytes read
+    as windows-1252 give long runs or characters outside that set.
+    """
+    try:
+        text = data.decode("cp1252")
+    except UnicodeDecodeError:  # bytes 81, 8D, 8F, 90, 9D are undefined in windows-1252
+        return None
+    run = longest = letters = foreign = 0
+    for ch in text[:_SAMPLE]:
+        if ch < "\x80":
+            run = 0
+            letters += ch.isalpha()
+            continue
+        if ch not in _WESTERN_CHARS:
+            return None
+        run += 1
+        longest = max(longest, run)
+        letters += ch.isalpha()
+        foreign += ch.isalpha()
+    return text if longest <= 3 and foreign <= 0.35 * max(letters, 1) else None
+
+
+def _prefer_western(best) -> bool:
+    # The Western reading wins unless the detector found evidence of another language:
+    # Czech in windows-1250, say, reads as plausible Latin-1 too, and there the detector's
+    # language model is right.
+    return best is None or best.coherence < 0.2 or best.language in _WESTERN_LANGUAGES
+
+
 def _unprintable_ratio(text: str) -> float:
     if not text:
         return 0.0
-    bad = sum(
-        1 for ch in text if unicodedata.category(ch) in ("Cc", "Co", "Cn", "Cs") and ch not in "\t\n\r\f\x1b"
-    )
+    bad = sum(1 for ch in text if unicodedata.category(ch) in _UNPRINTABLE and ch not in _SPACES)
     return bad / len(text)

@@ -37,7 +37,8 @@ class SectionBuilder:
     def add(self, text: str) -> None:
         """Append one block of body text to the current section."""
         if text and text.strip():
-            self._blocks.append(text.strip())
+            # Keep leading spaces: the first line of a code block may be indented.
+            self._blocks.append(text.rstrip().lstrip("\r\n"))
 
     def segments(self) -> list[Segment]:
         """All segments, in document order."""

