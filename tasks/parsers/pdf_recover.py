@@ -7,8 +7,10 @@ table for ``/Type /Page`` objects still finds pages that are themselves intact.
 
 from __future__ import annotations
 
-from pypdf import PageObject, PdfReader
-from pypdf.generic import DictionaryObject, IndirectObject
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pypdf import PageObject, PdfReader
 
 # Bound the scan: a hostile file can declare millions of objects.
 MAX_RECOVERY_OBJECTS = 200_000
@@ -17,6 +19,9 @@ MAX_RECOVERY_OBJECTS = 200_000
 def recover_pages(reader: PdfReader, *, limit: int) -> list[PageObject]:
     """Page objects found by object scan, in object-number order (usually page order, but
     not guaranteed), at most ``limit``."""
+    from pypdf import PageObject
+    from pypdf.generic import DictionaryObject, IndirectObject
+
     pages: list[PageObject] = []
     for number, generation in _object_ids(reader):
         if len(pages) >= limit:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from lxml import etree
-from pptx import Presentation
-from pptx.enum.shapes import MSO_SHAPE_TYPE
 
 from ingestflow.types import Segment
 from tasks.parsers.base import PPTX, ParseInput, parser
@@ -25,6 +23,8 @@ def parse_pptx(source: ParseInput) -> Iterator[Segment]:
     """One segment per slide with text, ``{"slide": n}`` (1-based, hidden slides included):
     the title first, then the other shapes (groups included), tables as ``a | b`` rows,
     chart titles and data, and the speaker notes after a ``Notes:`` line."""
+    from pptx import Presentation  # here, not at module level: keeps imports fast
+
     presentation = Presentation(str(source.path))
     for number, slide in enumerate(presentation.slides, start=1):
         blocks = list(_slide_blocks(slide))
@@ -36,6 +36,8 @@ def parse_pptx(source: ParseInput) -> Iterator[Segment]:
 
 
 def _slide_blocks(slide) -> Iterator[str]:
+    from pptx.enum.shapes import MSO_SHAPE_TYPE
+
     title = slide.shapes.title
     if title is not None and title.has_text_frame and _frame_text(title.text_frame):
         yield _frame_text(title.text_frame)

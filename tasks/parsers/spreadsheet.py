@@ -6,8 +6,6 @@ import datetime as dt
 from collections.abc import Iterator
 from typing import Any
 
-import openpyxl
-
 from ingestflow.types import Segment
 from tasks.parsers.base import XLSM, XLSX, ParseInput, group_lines, parser, row_range
 
@@ -21,6 +19,8 @@ def parse_xlsx(source: ParseInput) -> Iterator[Segment]:
     never opened in Excel may have no cached values, and those cells read as empty.
     Macros in XLSM files are never run (openpyxl cannot run them).
     """
+    import openpyxl  # here, not at module level: keeps `import tasks.parsers` fast
+
     # A file object, not the path: openpyxl refuses paths whose extension is not .xlsx/.xlsm,
     # and the type was decided from the content already.
     with open(source.path, "rb") as handle:

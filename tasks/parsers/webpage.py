@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-
-from bs4 import BeautifulSoup, NavigableString, Tag
+from typing import TYPE_CHECKING
 
 from ingestflow.types import Segment
 from tasks.parsers.base import HTML, ParseInput, parser
 from tasks.parsers.encoding import decode_text
 from tasks.parsers.sections import SectionBuilder
+
+if TYPE_CHECKING:
+    from bs4 import Tag
 
 # Never visible text. <head> goes too, after its <title> has been read.
 _DROPPED = (
@@ -26,38 +28,13 @@ _DROPPED = (
     "head",
 )
 _HEADINGS = {f"h{n}": n for n in range(1, 7)}
-_BLOCKS = frozenset(
-    {
-        "address",
-        "article",
-        "aside",
-        "blockquote",
-        "br",
-        "caption",
-        "dd",
-        "details",
-        "div",
-        "dl",
-        "dt",
-        "fieldset",
-        "figcaption",
-        "figure",
-        "footer",
-        "form",
-        "header",
-        "hr",
-        "li",
-        "main",
-        "nav",
-        "ol",
-        "p",
-        "section",
-        "summary",
-        "table",
-        "tr",
-        "ul",
-    }
-)
+# fmt: off
+_BLOCKS = frozenset({
+    "address", "article", "aside", "blockquote", "br", "caption", "dd", "details", "div", "dl",
+    "dt", "fieldset", "figcaption", "figure", "footer", "form", "header", "hr", "li", "main",
+    "nav", "ol", "p", "section", "summary", "table", "tr", "ul",
+})
+# fmt: on
 _CELLS = frozenset({"td", "th"})
 _CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
 _XML_ENCODING = re.compile(rb"""^<\?xml[^>]+encoding\s*=\s*["']([A-Za-z0-9_.:-]+)""")
@@ -68,6 +45,8 @@ def parse_html(source: ParseInput) -> Iterator[Segment]:
     """Visible text per heading section (``{"heading": "H1 > H2"}``); the ``<title>`` opens
     the document unless the first ``<h1>`` repeats it. ``<pre>`` keeps its layout, table
     cells are joined with ``|``, scripts and styles are dropped."""
+    from bs4 import BeautifulSoup  # here, not at module level: keeps imports fast
+
     data = source.path.read_bytes()
     text = decode_text(data, declared=declared_charset(data))
     # lxml is a hard dependency of python-docx/-pptx already, and much faster than
@@ -96,6 +75,8 @@ def declared_charset(data: bytes) -> str | None:
 
 
 def _walk(root: Tag, sections: SectionBuilder) -> None:
+    from bs4 import NavigableString, Tag
+
     buffer: list[str] = []
     consumed: set[int] = set()  # strings already taken with their heading or <pre>
     for node in root.descendants:  # bs4 iterates this without recursion

@@ -10,8 +10,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-import docx
-from docx.enum.style import WD_STYLE_TYPE
 from lxml import etree
 
 from ingestflow.types import Segment
@@ -46,6 +44,8 @@ def parse_docx(source: ParseInput) -> Iterator[Segment]:
     """Segments per heading section (``{"heading": "H1 > H2"}``), tables rendered as
     ``a | b`` rows, then headers and footers (``{"part": "header"}``), each distinct text once.
     """
+    import docx  # here, not at module level: keeps `import tasks.parsers` fast
+
     document = docx.Document(str(source.path))
     levels = _heading_levels(document)
     sections = SectionBuilder()
@@ -105,6 +105,8 @@ def _table_text(table) -> str:
 def _heading_levels(document) -> dict[str, int]:
     """style id -> heading level, following ``basedOn`` so custom heading styles count.
     "Title" is level 0, above Heading 1."""
+    from docx.enum.style import WD_STYLE_TYPE
+
     levels: dict[str, int] = {}
     for style in document.styles:
         if style.type != WD_STYLE_TYPE.PARAGRAPH:

@@ -22,10 +22,16 @@ def write(folder: Path, name: str, text: str) -> Path:
 @pytest.fixture
 def corpus(tmp_path: Path, collection: str) -> Path:
     # The collection name makes the text unique, so the shared vector cache starts cold.
-    write(tmp_path, "otters.md", f"# Otters\n\nSea otters hold hands while they sleep. {collection}\n")
+    write(
+        tmp_path, "otters.md", f"# Otters\n\nSea otters hold hands while they sleep. {collection}\n"
+    )
     write(tmp_path, "volcano.txt", f"{collection} basalt lava flows from shield volcanoes. " * 60)
-    write(tmp_path, "tea.html", "<html><body><h1>Tea</h1><p>Oolong tea is partly oxidised.</p>"
-          f"<p>{collection}</p><script>var hidden = 'never indexed';</script></body></html>")
+    write(
+        tmp_path,
+        "tea.html",
+        "<html><body><h1>Tea</h1><p>Oolong tea is partly oxidised.</p>"
+        f"<p>{collection}</p><script>var hidden = 'never indexed';</script></body></html>",
+    )
     return tmp_path
 
 
@@ -38,7 +44,9 @@ def test_ingest_then_search_finds_the_right_document(pipeline, collection, corpu
     hits = search("which animal holds hands while sleeping?", collection=collection, k=3)
     assert hits[0].source_uri.endswith("otters.md")
     assert hits[0].provenance.get("heading") == "Otters"
-    assert all("never indexed" not in h.content for h in search("hidden var", collection=collection))
+    assert all(
+        "never indexed" not in h.content for h in search("hidden var", collection=collection)
+    )
     volcano = next(o for o in result.outcomes if o.source_uri.endswith("volcano.txt"))
     assert volcano.chunk_count >= 3  # 3,000 characters in 1,000-character chunks
 
@@ -72,7 +80,9 @@ def test_changed_file_replaces_its_chunks_and_embeds_only_new_text(pipeline, col
     assert outcome.status is INDEXED
     # Earlier chunks are identical, so only the chunk holding the new sentence is embedded.
     assert 1 <= outcome.embedded_chunks < outcome.chunk_count
-    contents = [r["content"] for r in chunk_rows(collection) if r["source_uri"].endswith("volcano.txt")]
+    contents = [
+        r["content"] for r in chunk_rows(collection) if r["source_uri"].endswith("volcano.txt")
+    ]
     assert any("Pumice" in c for c in contents)
     assert len(contents) == outcome.chunk_count
     doc = document_rows(collection)[volcano.resolve().as_uri()]
@@ -103,7 +113,10 @@ def test_bad_documents_fail_with_reasons_and_do_not_sink_the_batch(pipeline, col
 
     by_name = {o.source_uri.rsplit("/", 1)[-1]: o for o in result.outcomes}
     assert {n for n, o in by_name.items() if o.status is INDEXED} == {
-        "otters.md", "volcano.txt", "tea.html"}
+        "otters.md",
+        "volcano.txt",
+        "tea.html",
+    }
     for name in ("broken.pdf", "empty.txt", "noise.bin", "does-not-exist.txt"):
         assert by_name[name].status is FAILED, name
         assert len(by_name[name].error or "") > 10, by_name[name]
@@ -136,7 +149,9 @@ def test_collection_keeps_its_embedding_model(pipeline, collection, corpus, monk
     monkeypatch.setenv("INGESTFLOW_EMBED_MODEL", "another-model")
     reset_caches()
 
-    with pytest.raises(CollectionMismatchError, match="cannot be ingested with openai:another-model"):
+    with pytest.raises(
+        CollectionMismatchError, match="cannot be ingested with openai:another-model"
+    ):
         ingest(corpus / "tea.html", collection=collection)
 
 

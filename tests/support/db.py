@@ -33,21 +33,26 @@ def chunk_rows(collection: str) -> list[dict[str, Any]]:
 def consistency_problems(collection: str) -> list[str]:
     """Everything wrong between documents and chunks; empty when the state is exact."""
     checks = {
-        "chunk count differs from documents.chunk_count":
+        "chunk count differs from documents.chunk_count": (
             "SELECT d.id FROM documents d LEFT JOIN chunks k ON k.document_id = d.id"
             " WHERE d.collection_id = %(cid)s GROUP BY d.id, d.chunk_count"
-            " HAVING count(k.id) <> d.chunk_count",
-        "duplicate (document, ordinal)":
+            " HAVING count(k.id) <> d.chunk_count"
+        ),
+        "duplicate (document, ordinal)": (
             "SELECT document_id FROM chunks WHERE collection_id = %(cid)s"
-            " GROUP BY document_id, ordinal HAVING count(*) > 1",
-        "ordinals not 0..n-1":
+            " GROUP BY document_id, ordinal HAVING count(*) > 1"
+        ),
+        "ordinals not 0..n-1": (
             "SELECT document_id FROM chunks WHERE collection_id = %(cid)s"
-            " GROUP BY document_id HAVING max(ordinal) <> count(*) - 1",
-        "chunk without a live document":
+            " GROUP BY document_id HAVING max(ordinal) <> count(*) - 1"
+        ),
+        "chunk without a live document": (
             "SELECT k.id FROM chunks k LEFT JOIN documents d ON d.id = k.document_id"
-            " WHERE k.collection_id = %(cid)s AND (d.id IS NULL OR d.status = 'deleted')",
-        "document left processing":
-            "SELECT id FROM documents WHERE collection_id = %(cid)s AND status = 'processing'",
+            " WHERE k.collection_id = %(cid)s AND (d.id IS NULL OR d.status = 'deleted')"
+        ),
+        "document left processing": (
+            "SELECT id FROM documents WHERE collection_id = %(cid)s AND status = 'processing'"
+        ),
     }
     problems = []
     with connection() as conn:

@@ -129,7 +129,9 @@ MEDIA_BY_FOLDER = {
 }
 MEDIA_EXCEPTIONS = {
     "docs/json/jsontestsuite-n_structure_unclosed_array.json": "text/plain",  # invalid JSON
-    "docs/xlsx/docling-xlsx_02_sample_sales_data.xlsm": "application/vnd.ms-excel.sheet.macroEnabled.12",
+    "docs/xlsx/docling-xlsx_02_sample_sales_data.xlsm": (
+        "application/vnd.ms-excel.sheet.macroEnabled.12"
+    ),
 }
 PROVENANCE_KEYS = {"pdfs": {"page"}, "xlsx": {"sheet", "rows"}, "pptx": {"slide"}, "csv": {"rows"}}
 
@@ -166,7 +168,7 @@ def text_of(rel: str) -> str:
 
 
 def test_outcome_table_covers_every_eval_file():
-    assert sorted(OUTCOMES) == eval_files()
+    assert sorted(OUTCOMES) == sorted(eval_files())
 
 
 @pytest.mark.parametrize("rel", eval_files())
@@ -175,7 +177,7 @@ def test_eval_file_outcome(rel):
     if isinstance(result, IngestError):
         assert f"failed:{type(result).__name__}" == OUTCOMES[rel], result.reason
         assert len(result.reason) >= 20
-        assert "Traceback" not in result.reason and "File \"" not in result.reason
+        assert "Traceback" not in result.reason and 'File "' not in result.reason
         assert not password(rel) or password(rel) not in result.reason
         return
     assert OUTCOMES[rel] == "indexed"
@@ -193,8 +195,9 @@ def test_pdf_page_numbers_are_in_range():
     assert pages == sorted(set(pages)) and pages[0] == 1 and pages[-1] == 50
 
 
-ENCRYPTED = sorted(rel for rel, row in manifest().items() if row["encrypted"] == "yes"
-                   and row["password"])
+ENCRYPTED = sorted(
+    rel for rel, row in manifest().items() if row["encrypted"] == "yes" and row["password"]
+)
 
 
 @pytest.mark.parametrize("rel", ENCRYPTED)
@@ -227,10 +230,11 @@ def test_wrong_extension_parses_by_content(tmp_path, rel, disguise):
 @pytest.mark.parametrize(
     ("rel", "codec"),
     [
-        ("docs/txt/chardet-SHIFT_JIS-ude_1.txt", "shift_jis"),
+        # Windows' and the web's "Shift_JIS" is cp932 (0x817C is U+FF0D, not U+2212).
+        ("docs/txt/chardet-SHIFT_JIS-ude_1.txt", "cp932"),
         ("docs/txt/chardet-windows-1252-ude_2.txt", "cp1252"),
         ("docs/txt/chardet-UTF-16LE-nobom.txt", "utf-16-le"),
-        ("docs/html/chardet-SHIFT_JIS-no-encoding.html", "shift_jis"),
+        ("docs/html/chardet-SHIFT_JIS-no-encoding.html", "cp932"),
     ],
 )
 def test_non_utf8_text_decodes_exactly(rel, codec):
@@ -270,6 +274,7 @@ GROUND_TRUTH = [
     ("pdfs/sf-crazyones-pdfa.pdf", "pdf-text/crazyones.txt", 0.99),  # 1.000
     ("pdfs/sf-multicolumn.pdf", "pdf-text/multicolumn-lorem-ipsum.layout.txt", 0.95),  # p.1
     ("pdfs/sf-pdflatex-forms.pdf", "pdf-text/pdflatex-forms.layout.txt", 0.95),  # 1.000
+    # docling golden Markdown for PDFs: measured 0.945, 0.915, 0.954, 0.998, 0.987.
     ("pdfs/docling-2305.03393v1-pg9.pdf", "docling/pdfs/docling-2305.03393v1-pg9.pdf.md", 0.92),
     ("pdfs/docling-redp5110_sampled.pdf", "docling/pdfs/docling-redp5110_sampled.pdf.md", 0.89),
     ("pdfs/docling-right_to_left_01.pdf", "docling/pdfs/docling-right_to_left_01.pdf.md", 0.93),
@@ -292,7 +297,7 @@ _MEASURED_DOCS = {  # docs/<path> -> floor; measured in the comment
     "html/docling-table_06.html": 0.97,  # 1.000
     "html/docling-wiki_duck.html": 0.93,  # 0.963
     "markdown/docling-ending_with_table.md": 0.97,  # 1.000
-    "markdown/docling-escaped_characters.md": 0.76,  # 0.800 (entities kept as written)
+    "markdown/docling-escaped_characters.md": 0.77,  # 0.811 (entities kept as written)
     "markdown/docling-nested.md": 0.83,  # 0.870 (raw <ul><li> kept as written)
     "markdown/docling-wiki.md": 0.97,  # 1.000
     "pptx/docling-powerpoint_bad_text.pptx": 0.97,  # 1.000

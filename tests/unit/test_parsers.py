@@ -16,7 +16,7 @@ import openpyxl
 import pytest
 from pptx import Presentation
 from pptx.util import Inches
-from pypdf import PdfReader, PdfWriter
+from pypdf import PageObject, PasswordType, PdfReader, PdfWriter
 
 from ingestflow.errors import (
     EmptyDocumentError,
@@ -30,13 +30,16 @@ from tasks.parsers import (
     FunctionParser,
     ParseInput,
     Parser,
+    base,
     detect_media_type,
     parse_file,
+    pdf,
     register_parser,
     registered_media_types,
+    safety,
     unregister_parser,
 )
-from tasks.parsers import base, pdf, safety
+from tasks.parsers.encoding import decode_text
 
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
@@ -181,7 +184,9 @@ def test_pdf_without_text_is_empty_with_ocr_reason(tmp_path):
 
 def test_encrypted_pdf_needs_the_password(tmp_path):
     path = write(tmp_path, "e.pdf", encrypt_pdf(make_pdf(["top secret text"]), "s3cr3t-pw", "own"))
-    with pytest.raises(EncryptedDocumentError, match=r"supply the password in metadata\['password'\]"):
+    with pytest.raises(
+        EncryptedDocumentError, match=r"supply the password in metadata\['password'\]"
+    ):
         parse_file(path)
     with pytest.raises(EncryptedDocumentError, match="wrong") as wrong:
         parse_file(path, password="guessed-pw")
@@ -227,8 +232,33 @@ def test_pdf_page_cap(tmp_path, monkeypatch):
 
 def test_pdf_text_is_cleaned_of_nul_and_replacement_chars(tmp_path, monkeypatch):
     path = write(tmp_path, "n.pdf", make_pdf(["abc"]))
-    monkeypatch.setattr(pdf.PageObject, "extract_text", lambda self: " a\x00b\ufffdc ")
+    monkeypatch.setattr(PageObject, "extract_text", lambda self: " a\x00b\ufffdc ")
     assert all_text(parse_file(path)) == "abc"
+
+
+def test_a_broken_page_does_not_lose_the_others(tmp_path, monkeypatch):
+    path = write(tmp_path, "p.pdf", make_pdf(["bad page", "good page"]))
+    real = PageObject.extract_text
+
+    def extract_text(self, *args, **kwargs):
+        text = real(self, *args, **kwargs)
+        if "bad" in text:
+            raise ValueError("unsupported filter")
+        return text
+
+    monkeypatch.setattr(PageObject, "extract_text", extract_text)
+    assert parse_file(path).segments == [Segment("good page", {"page": 2})]
+
+
+def test_every_page_failing_is_a_parse_error(tmp_path, monkeypatch):
+    path = write(tmp_path, "p.pdf", make_pdf(["bad", "bad too"]))
+
+    def extract_text(self, *args, **kwargs):
+        raise ValueError("unsupported filter /Foo")
+
+    monkeypatch.setattr(PageObject, "extract_text", extract_text)
+    with pytest.raises(ParseError, match=r"text extraction failed \(unsupported filter /Foo\)"):
+        parse_file(path)
 
 
 # --------------------------------------------------------------------------------- DOCX
@@ -269,7 +299,9 @@ def test_docx_with_broken_xml_names_the_type(tmp_path):
     with zipfile.ZipFile(source) as zin, zipfile.ZipFile(path, "w") as zout:
         for item in zin.infolist():
             data = zin.read(item)
-            zout.writestr(item, b"<w:document><unclosed" if item.filename == "word/document.xml" else data)
+            zout.writestr(
+                item, b"<w:document><unclosed" if item.filename == "word/document.xml" else data
+            )
     with pytest.raises(ParseError, match="^DOCX is damaged or unreadable: ") as caught:
         parse_file(path)
     assert_clean_reason(caught.value)
@@ -343,8 +375,27 @@ def test_html_declared_charset_headings_and_dropped_scripts(tmp_path):
     assert "  keep\n    layout" in by_heading["Main > Sub"]
 
 
+@pytest.mark.parametrize(
+    ("declared", "data"),
+    [
+        ("iso-8859-15", "Un cœur à 5 €, très cher.".encode("iso-8859-15")),  # ¤ and ½ in 1252
+        ("iso-8859-1", "Un cœur à 5 €, très cher.".encode()),  # mislabelled UTF-8
+        ("no-such-charset", "Un cœur à 5 €, très cher.".encode()),
+        # Too short for detection, which would read them as Western text:
+        ("iso-8859-7", "Ζωή".encode("iso-8859-7")),
+        ("iso-8859-2", "Dobrý den, světe".encode("iso-8859-2")),
+    ],
+)
+def test_html_declared_charset_versus_content(tmp_path, declared, data):
+    page = f'<html><head><meta http-equiv="Content-Type" content="text/html; charset={declared}">'
+    path = write(tmp_path, "p.html", page.encode() + b"<body><p>" + data + b"</p></body></html>")
+    expected = data.decode("utf-8" if declared in ("iso-8859-1", "no-such-charset") else declared)
+    assert all_text(parse_file(path)) == expected
+
+
 def test_html_without_charset_is_detected(tmp_path):
-    body = "<html><body><p>" + "日本語のテキストです。文字コードの判定を試します。" * 20 + "</p></body></html>"
+    words = "日本語のテキストです。文字コードの判定を試します。"
+    body = f"<html><body><p>{words * 20}</p></body></html>"
     document = parse_file(write(tmp_path, "p.htm", body, encoding="shift_jis"))
     assert "日本語のテキストです" in all_text(document)
 
@@ -359,7 +410,7 @@ def test_html_content_wins_over_txt_extension(tmp_path):
 
 
 def test_csv_semicolon_header_aware_rows(tmp_path):
-    rows = "name;city;note\nAda;London;\"semi; colon\"\n\nBob;Paris;\nCy;Rome;x;extra\n"
+    rows = 'name;city;note\nAda;London;"semi; colon"\n\nBob;Paris;\nCy;Rome;x;extra\n'
     document = parse_file(write(tmp_path, "people.csv", rows))
     assert document.media_type == "text/csv"
     assert document.segments == [
@@ -452,6 +503,12 @@ PROSE = (
 )
 
 
+JAPANESE = (
+    "羅生門　芥川龍之介\nある日の暮方の事である。一人の下人が、羅生門の下で雨やみを待っていた。\n"
+)
+LATIN1_PROSE = PROSE.replace("’", "'").replace("—", "-").replace("«", '"').replace("»", '"')
+
+
 @pytest.mark.parametrize(
     ("encoding", "text"),
     [
@@ -461,14 +518,21 @@ PROSE = (
         ("utf-16-le", "DateTime,Bid,Ask\n07/19/2015 21:00:15,1.083,1.08332\n" * 20),
         ("utf-16-be", "plain ASCII words in big endian UTF-16, no BOM\n" * 10),
         ("cp1252", PROSE.replace("«", "“").replace("»", "”") * 3),
-        ("shift_jis", "羅生門　芥川龍之介\nある日の暮方の事である。一人の下人が、羅生門の下で雨やみを待っていた。\n" * 5),
-        ("latin-1", PROSE.replace("’", "'").replace("—", "-").replace("«", '"').replace("»", '"') * 3),
+        ("shift_jis", JAPANESE * 5),
+        ("latin-1", LATIN1_PROSE * 3),
     ],
 )
 def test_text_encodings(tmp_path, encoding, text):
     document = parse_file(write(tmp_path, "t.txt", text, encoding=encoding))
     assert document.media_type == "text/plain"
     assert document.segments == [Segment(text.strip(), {})]
+
+
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
+def test_ascii_utf16_without_bom_is_not_read_as_utf8(codec):
+    # NUL is valid UTF-8, so a naive decode "succeeds" with a NUL after every letter.
+    data = "DateTime,Bid,Ask\n07/19/2015 21:00:15,1.083\n".encode(codec) * 5
+    assert decode_text(data) == "DateTime,Bid,Ask\n07/19/2015 21:00:15,1.083\n" * 5
 
 
 def test_newlines_are_normalised_and_nul_dropped(tmp_path):
@@ -595,8 +659,17 @@ def scratch_registry(monkeypatch):
 
 
 def test_builtin_media_types_are_registered():
-    assert {"application/pdf", DOCX, XLSX, PPTX, "text/html", "text/csv", "application/json",
-            "text/markdown", "text/plain"} <= set(registered_media_types())
+    assert {
+        "application/pdf",
+        DOCX,
+        XLSX,
+        PPTX,
+        "text/html",
+        "text/csv",
+        "application/json",
+        "text/markdown",
+        "text/plain",
+    } <= set(registered_media_types())
 
 
 def test_a_plugin_registers_like_a_builtin(tmp_path, scratch_registry):
@@ -624,3 +697,19 @@ def test_unregistered_type_is_unsupported(tmp_path, scratch_registry):
     unregister_parser("text/markdown")
     with pytest.raises(UnsupportedTypeError, match="text/markdown"):
         parse_file(write(tmp_path, "a.md", "# hi"))
+
+
+def test_empty_owner_password_does_not_bypass_the_user_password(tmp_path, monkeypatch):
+    # qpdf writes such files (eval-data's pypdf-r6-user-password.pdf is one) and pypdf
+    # decrypts them with "" as the owner password, but a viewer asks for the user password,
+    # and so do we. pypdf cannot write one, so its answer for "" is faked here.
+    path = write(tmp_path, "e.pdf", encrypt_pdf(make_pdf(["guarded"]), "userpw", "ownerpw"))
+    real_decrypt = PdfReader.decrypt
+
+    def decrypt(self, candidate):
+        return PasswordType.OWNER_PASSWORD if candidate == "" else real_decrypt(self, candidate)
+
+    monkeypatch.setattr(PdfReader, "decrypt", decrypt)
+    with pytest.raises(EncryptedDocumentError, match="supply the password"):
+        parse_file(path)
+    assert all_text(parse_file(path, password="userpw")) == "guarded"
