@@ -22,7 +22,7 @@ from prefect.artifacts import (
 from prefect.runtime import flow_run
 
 from ingestflow.progress import Progress, report
-from ingestflow.settings import get_settings
+from ingestflow.settings import IngestSettings, get_settings
 from ingestflow.types import DocumentStatus, IngestResult
 from storage.collections import Collection, ensure_collection
 from storage.db import transaction
@@ -33,7 +33,7 @@ from tasks.dedupe import dedupe_task
 from tasks.embed import embed_task
 from tasks.embedders import Embedder, get_embedder
 from tasks.fetch import fetch_task, hash_task
-from tasks.parse import parse_task
+from tasks.parse import PARSER_VERSION, parse_task
 from tasks.upsert import upsert_task
 from tasks.work import DocWork
 
@@ -100,7 +100,7 @@ def _run_stages(
     run_id = flow_run.id
     works = fetch_task(works, tmp, ingest.max_document_bytes)
     works = hash_task(works)
-    works = dedupe_task(works, coll.id, force, run_id)
+    works = dedupe_task(works, coll.id, pipeline_fingerprint(ingest), force, run_id)
     works = parse_task(works, ingest.parse_workers)
     works = chunk_task(
         works,
@@ -116,6 +116,14 @@ def _run_stages(
         if work.fetched is not None:
             work.fetched.path.unlink(missing_ok=True)
     return works
+
+
+def pipeline_fingerprint(ingest: IngestSettings) -> str:
+    """What, besides the bytes, decides a document's chunks."""
+    return (
+        f"parse-v{PARSER_VERSION};"
+        f"chunk={ingest.chunk_unit}:{ingest.chunk_size}/{ingest.chunk_overlap}"
+    )
 
 
 def open_collection(name: str, embedder: Embedder) -> Collection:

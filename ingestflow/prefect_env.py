@@ -21,8 +21,16 @@ def use_running_server(api_url: str = LOCAL_API, timeout: float = 0.5) -> str | 
         with urllib.request.urlopen(f"{api_url}/health", timeout=timeout) as resp:  # noqa: S310
             healthy = resp.status == 200
     except OSError:
+        _quiet_ephemeral_server()
         return None
     if healthy:
         os.environ["PREFECT_API_URL"] = api_url
         return api_url
+    _quiet_ephemeral_server()
     return None
+
+
+def _quiet_ephemeral_server() -> None:
+    # The throwaway server's telemetry write races its own SQLite start-up and logs a
+    # "database is locked" traceback; it reports nothing useful for a temporary server.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

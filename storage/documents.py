@@ -26,6 +26,7 @@ def claim_document(
     collection_id: int,
     source_uri: str,
     sha256: str,
+    pipeline: str,
     size: int,
     metadata: dict[str, Any],
     force: bool,
@@ -33,17 +34,19 @@ def claim_document(
 ) -> Claim:
     """Decide whether ``source_uri`` with these bytes needs indexing, and record the decision.
 
-    The same bytes already indexed (and not ``force``) -> ``unchanged``. Otherwise the row moves
+    The same bytes already indexed with the same ``pipeline`` (parser and chunking settings),
+    and not ``force`` -> ``unchanged``. Otherwise the row moves
     to ``processing`` with the new digest; its old chunks stay searchable until the upsert
     replaces them. Runs in the caller's transaction.
     """
     row = conn.execute(
-        "SELECT id, sha256, status, chunk_count FROM documents"
+        "SELECT id, sha256, pipeline, status, chunk_count FROM documents"
         " WHERE collection_id = %s AND source_uri = %s FOR UPDATE",
         (collection_id, source_uri),
     ).fetchone()
     done = (DocumentStatus.INDEXED.value, DocumentStatus.UNCHANGED.value)
-    if row and row["sha256"] == sha256 and row["status"] in done and not force:
+    same = row is not None and (row["sha256"], row["pipeline"]) == (sha256, pipeline)
+    if row and same and row["status"] in done and not force:
         conn.execute(
             "UPDATE documents SET status = 'unchanged', updated_at = now(), flow_run_id = %s,"
             " metadata = metadata || %s WHERE id = %s",
@@ -51,14 +54,15 @@ def claim_document(
         )
         return Claim(str(row["id"]), True, row["chunk_count"])
     new = conn.execute(
-        "INSERT INTO documents (collection_id, source_uri, sha256, size_bytes, status,"
-        " attempts, flow_run_id, metadata) VALUES (%s, %s, %s, %s, 'processing', 1, %s, %s)"
+        "INSERT INTO documents (collection_id, source_uri, sha256, pipeline, size_bytes, status,"
+        " attempts, flow_run_id, metadata) VALUES (%s, %s, %s, %s, %s, 'processing', 1, %s, %s)"
         " ON CONFLICT (collection_id, source_uri) DO UPDATE SET sha256 = excluded.sha256,"
+        " pipeline = excluded.pipeline,"
         " size_bytes = excluded.size_bytes, status = 'processing', error = NULL,"
         " attempts = documents.attempts + 1, flow_run_id = excluded.flow_run_id,"
         " metadata = excluded.metadata, updated_at = now()"
         " RETURNING id, chunk_count",
-        (collection_id, source_uri, sha256, size, flow_run_id, Jsonb(metadata)),
+        (collection_id, source_uri, sha256, pipeline, size, flow_run_id, Jsonb(metadata)),
     ).fetchone()
     return Claim(str(new["id"]), False, new["chunk_count"])
 

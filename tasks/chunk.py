@@ -50,13 +50,16 @@ def chunk_segments(
     pieces = [
         _Piece(text, length(text), i)
         for i, seg in enumerate(segments)
-        for text in split_text(seg.text, size=size, length=length)
+        # A paragraph break after each segment keeps packed segments apart in the chunk.
+        for text in split_text(seg.text.rstrip() + "\n\n", size=size, length=length)
     ]
     chunks = []
     for group in _pack(pieces, size=size, overlap=overlap):
         text = "".join(p.text for p in group).strip()
         if text:
-            prov = _provenance(segments[group[0].segment], segments[group[-1].segment])
+            # Whitespace-only pieces (an empty segment's break) must not widen the provenance.
+            content = [p for p in group if p.text.strip()]
+            prov = _provenance(segments[content[0].segment], segments[content[-1].segment])
             chunks.append(Chunk(len(chunks), text, content_hash(text), prov))
     return chunks
 
@@ -106,7 +109,7 @@ def _pack(pieces: list[_Piece], *, size: int, overlap: int) -> list[list[_Piece]
     total = 0
     for piece in pieces:
         if current and total + piece.length > size:
-            groups.append(current)
+            groups.append(list(current))  # a copy: the overlap trimming below mutates current
             # Keep whole pieces from the end as overlap, as long as they fit the budget
             # and leave room for the next piece.
             while current and (total > overlap or total + piece.length > size):

@@ -15,9 +15,18 @@ from tasks.work import DocWork, Stopwatch, public_metadata
 
 
 def dedupe_documents(
-    works: Sequence[DocWork], *, collection_id: int, force: bool, flow_run_id: str | None
+    works: Sequence[DocWork],
+    *,
+    collection_id: int,
+    pipeline: str,
+    force: bool,
+    flow_run_id: str | None,
 ) -> list[DocWork]:
-    """Claim every active document in one transaction; unchanged ones leave the pipeline."""
+    """Claim every active document in one transaction; unchanged ones leave the pipeline.
+
+    ``pipeline`` fingerprints the parser and chunking settings: the same bytes chunked
+    differently are not unchanged.
+    """
     out = []
     with Stopwatch() as watch, transaction() as conn:
         for work in works:
@@ -30,6 +39,7 @@ def dedupe_documents(
                 collection_id=collection_id,
                 source_uri=work.fetched.source_uri,
                 sha256=work.sha256,
+                pipeline=pipeline,
                 size=work.fetched.size,
                 metadata=public_metadata(work.metadata),
                 force=force,
@@ -50,10 +60,10 @@ def dedupe_documents(
 
 @task(**stage_options("dedupe", timeout_seconds=600))
 def dedupe_task(
-    works: list[DocWork], collection_id: int, force: bool, flow_run_id: str | None
+    works: list[DocWork], collection_id: int, pipeline: str, force: bool, flow_run_id: str | None
 ) -> list[DocWork]:
     # Claims are all-or-nothing: a database error rolls back the transaction and the
     # task retries it whole.
     return dedupe_documents(
-        works, collection_id=collection_id, force=force, flow_run_id=flow_run_id
+        works, collection_id=collection_id, pipeline=pipeline, force=force, flow_run_id=flow_run_id
     )

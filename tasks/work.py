@@ -78,7 +78,8 @@ def describe_error(exc: BaseException) -> str:
         return exc.reason
     where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
     at = f" (at {where[0].name})" if where else ""
-    return f"unexpected {type(exc).__name__}: {exc}{at}".strip()
+    message = " ".join(str(exc).split())  # one line, even for multi-line messages
+    return f"unexpected {type(exc).__name__}: {message}{at}".strip()
 
 
 def per_document(

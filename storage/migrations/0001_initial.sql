@@ -17,6 +17,7 @@ CREATE TABLE documents (
     collection_id  integer NOT NULL REFERENCES collections (id) ON DELETE CASCADE,
     source_uri     text NOT NULL,
     sha256         text,
+    pipeline       text,  -- parser and chunking settings the chunks were made with
     size_bytes     bigint,
     media_type     text,
     status         text NOT NULL CHECK (status IN

@@ -129,6 +129,9 @@ def _load_model(torch_threads: int) -> SentenceTransformer:
         raise ConfigError(f"the local embedder needs {missing}; {_EXTRA_HINT}") from exc
     # Process-wide: torch has one intra-op pool. More threads than cores only adds contention.
     torch.set_num_threads(torch_threads)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a per-load progress bar is noise in logs and CLIs
     model = SentenceTransformer(str(model_path()), device="cpu", local_files_only=True)
     model.max_seq_length = LocalEmbedder.max_seq_length
     return model

@@ -176,3 +176,36 @@ def test_flow_runs_are_recorded_on_the_documents(pipeline, collection, corpus):
 
     assert result.flow_run_id
     assert {r["flow_run_id"] for r in document_rows(collection).values()} == {result.flow_run_id}
+
+
+def test_new_chunking_settings_reindex_unchanged_bytes(pipeline, collection, corpus, monkeypatch):
+    from ingestflow import ingest
+    from tests.conftest import reset_caches
+
+    first = ingest(corpus / "volcano.txt", collection=collection)
+    monkeypatch.setenv("INGESTFLOW_CHUNK_SIZE", "400")
+    monkeypatch.setenv("INGESTFLOW_CHUNK_OVERLAP", "50")
+    reset_caches()
+
+    second = ingest(corpus / "volcano.txt", collection=collection)
+
+    assert second.outcomes[0].status is INDEXED
+    assert second.outcomes[0].chunk_count > first.outcomes[0].chunk_count
+    assert max(len(r["content"]) for r in chunk_rows(collection)) <= 400
+
+
+def test_ingest_document_is_seven_task_runs(pipeline, collection, corpus):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows import ingest_document
+
+    result = ingest_document(str(corpus / "otters.md"), collection=collection)
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[result.flow_run_id]))
+        )
+    names = sorted(r.name.rsplit("-", 1)[0] for r in runs)
+    assert names == sorted(["fetch", "hash", "dedupe", "parse", "chunk", "embed", "upsert"])
+    assert all(r.state.is_completed() for r in runs)

@@ -1,0 +1,42 @@
+"""prefect.yaml and the Python deployment definitions describe the same deployments."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import yaml
+
+from deployments.definitions import WORK_POOL, build_deployments, deployment_specs
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _yaml_deployments() -> dict[str, dict]:
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    return {d["name"]: d for d in spec["deployments"]}
+
+
+def test_prefect_yaml_matches_python_definitions():
+    in_yaml = _yaml_deployments()
+    assert set(in_yaml) == set(deployment_specs())
+    for name, spec in deployment_specs().items():
+        assert in_yaml[name]["work_pool"]["name"] == WORK_POOL
+        assert in_yaml[name]["tags"] == spec["tags"]
+        assert in_yaml[name]["description"] == spec["description"]
+
+
+def test_prefect_yaml_entrypoints_are_flows():
+    from prefect import Flow
+
+    for name, dep in _yaml_deployments().items():
+        module, _, attr = dep["entrypoint"].partition(":")
+        obj = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), attr)
+        assert isinstance(obj, Flow), name
+        assert obj.name == name
+
+
+def test_python_deployments_build():
+    built = {d.name: d for d in build_deployments()}
+    assert set(built) == set(deployment_specs())
+    assert all(d.tags == ["ingestflow"] for d in built.values())
