@@ -18,8 +18,9 @@ from ingestflow.errors import IngestError
 app = typer.Typer(help="Document ingestion for RAG on Prefect and pgvector.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-console = Console()
-err = Console(stderr=True)
+# soft_wrap: long paths and reasons stay on one line when output goes to a file or a pipe.
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -82,7 +83,7 @@ def ingest(
     counts = {s.value: result.count(s) for s in DocumentStatus if result.count(s)}
     console.print(f"collection {collection!r}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     for outcome in result.failed:
-        console.print(f"  [red]failed[/red] {outcome.source_uri}: {outcome.error}")
+        console.print(f"  failed {outcome.source_uri}: {outcome.error}", markup=False)
     if result.failed and len(result.failed) == len(result.outcomes):
         raise typer.Exit(1)
 

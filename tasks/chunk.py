@@ -53,7 +53,7 @@ def chunk_segments(
         # A paragraph break after each segment keeps packed segments apart in the chunk.
         for text in split_text(seg.text.rstrip() + "\n\n", size=size, length=length)
     ]
-    chunks = []
+    chunks: list[Chunk] = []
     for group in _pack(pieces, size=size, overlap=overlap):
         text = "".join(p.text for p in group).strip()
         if text:

@@ -41,14 +41,18 @@ def reset_caches() -> None:
 
 
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def database_url() -> Iterator[str]:
     """A migrated Postgres + pgvector database for the whole session."""
     url = os.environ.get("TEST_DATABASE_URL")
     server = None
     if not url:
         import pgserver
 
-        server = pgserver.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="stop")
+        # Not under pytest's 0700 temp dir: as root, pgserver runs Postgres as its own user,
+        # which must be able to reach the data directory to stop the server cleanly.
+        parent = Path(tempfile.mkdtemp(prefix="ingestflow-test-pg-"))
+        parent.chmod(0o755)
+        server = pgserver.get_server(parent / "data", cleanup_mode="delete")
         url = server.get_uri()
     os.environ["DATABASE_URL"] = url
     reset_caches()

@@ -29,9 +29,7 @@ EXPECTED_FAILURES = {
 
 def eval_files(root: Path) -> list[Path]:
     pdfs = sorted((root / "pdfs").glob("*.pdf"))
-    docs = sorted(
-        p for p in (root / "docs").rglob("*") if p.is_file() and p.name != "MANIFEST.tsv"
-    )
+    docs = sorted(p for p in (root / "docs").rglob("*") if p.is_file() and p.name != "MANIFEST.tsv")
     return pdfs + docs
 
 
