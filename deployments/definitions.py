@@ -28,9 +28,14 @@ def deployment_specs() -> dict[str, dict[str, Any]]:
 
 def build_deployments() -> list[Any]:
     """RunnerDeployments for ``prefect.serve``."""
+    from prefect import Flow
+
     from flows import ingest_batch, ingest_document
 
-    flows = {"ingest-document": ingest_document, "ingest-batch": ingest_batch}
+    flows: dict[str, Flow[..., Any]] = {
+        "ingest-document": ingest_document,
+        "ingest-batch": ingest_batch,
+    }
     return [
         flows[name].to_deployment(name=name, **spec) for name, spec in deployment_specs().items()
     ]

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
@@ -23,7 +24,7 @@ from prefect.runtime import flow_run
 
 from ingestflow.progress import Progress, report
 from ingestflow.settings import IngestSettings, get_settings
-from ingestflow.types import DocumentStatus, IngestResult
+from ingestflow.types import DocumentOutcome, DocumentStatus, IngestResult
 from storage.collections import Collection, ensure_collection
 from storage.db import transaction
 from storage.migrate import ensure_schema
@@ -151,8 +152,11 @@ class _Tracker:
 
     def __init__(self, total: int) -> None:
         self.total = total
-        self.outcomes: list = []
-        self.artifact_id = create_progress_artifact(progress=0.0, description="documents done")
+        self.outcomes: list[DocumentOutcome] = []
+        # Called from a sync flow, Prefect's dual sync/async helpers return plain values.
+        self.artifact_id = cast(
+            UUID, create_progress_artifact(progress=0.0, description="documents done")
+        )
 
     def advance(self, works: list[DocWork]) -> None:
         self.outcomes.extend(w.outcome() for w in works)

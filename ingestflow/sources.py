@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -20,7 +21,9 @@ def expand_sources(items: Iterable[str | Path]) -> list[str]:
         text = str(item)
         if scheme_of(text) != "file" or text.startswith("file://"):
             out.append(text)
-        elif _GLOB_CHARS & set(text) and not Path(text).exists():  # report[1].pdf is a file
+            continue
+        text = os.path.expanduser(text)
+        if _GLOB_CHARS & set(text) and not Path(text).exists():  # report[1].pdf is a file
             out.extend(p for p in sorted(glob.glob(text, recursive=True)) if Path(p).is_file())
         elif Path(text).is_dir():
             out.extend(str(p) for p in _files_under(Path(text)))

@@ -6,4 +6,5 @@ source scripts/setup.sh
 
 export HF_HUB_OFFLINE=1
 .venv/bin/ruff check .
+.venv/bin/mypy ingestflow flows tasks storage api deployments
 exec .venv/bin/pytest "$@"

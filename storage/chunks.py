@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import psycopg
 from psycopg import sql
 
 from ingestflow.types import Chunk, SearchHit
+from storage.db import Conn
 
 _COPY = (
     "COPY chunks (document_id, collection_id, ordinal, content, content_hash, provenance,"
@@ -33,7 +33,7 @@ class DocumentChunks:
 
 
 def replace_chunks(
-    conn: psycopg.Connection, *, collection_id: int, documents: Sequence[DocumentChunks]
+    conn: Conn, *, collection_id: int, documents: Sequence[DocumentChunks]
 ) -> list[str]:
     """Swap in each document's new chunks and mark it ``indexed``, in the caller's transaction.
 
@@ -74,7 +74,7 @@ def replace_chunks(
     return [d.document_id for d in live]
 
 
-def _mark_indexed(conn: psycopg.Connection, docs: Sequence[DocumentChunks]) -> None:
+def _mark_indexed(conn: Conn, docs: Sequence[DocumentChunks]) -> None:
     from psycopg.types.json import Jsonb
 
     with conn.cursor() as cur:
@@ -87,7 +87,7 @@ def _mark_indexed(conn: psycopg.Connection, docs: Sequence[DocumentChunks]) -> N
 
 
 def search_chunks(
-    conn: psycopg.Connection,
+    conn: Conn,
     *,
     collection_id: int,
     dimension: int,
@@ -135,10 +135,10 @@ def search_chunks(
     ]
 
 
-def chunk_stats(conn: psycopg.Connection, *, collection_id: int) -> dict[str, int]:
+def chunk_stats(conn: Conn, *, collection_id: int) -> dict[str, int]:
     row = conn.execute(
         "SELECT count(*) AS chunks, count(DISTINCT document_id) AS documents FROM chunks"
         " WHERE collection_id = %s",
         (collection_id,),
     ).fetchone()
-    return dict(row)
+    return dict(row) if row else {"chunks": 0, "documents": 0}

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import psycopg
 from psycopg import sql
 
 from ingestflow.errors import CollectionMismatchError, IngestError
+from storage.db import Conn
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class CollectionNotFoundError(IngestError):
     permanent = True
 
 
-def get_collection(conn: psycopg.Connection, *, name: str, tenant: str = "default") -> Collection:
+def get_collection(conn: Conn, *, name: str, tenant: str = "default") -> Collection:
     row = conn.execute(
         "SELECT id, tenant, name, embedding_provider, embedding_model, dimension"
         " FROM collections WHERE tenant = %s AND name = %s",
@@ -40,7 +40,7 @@ def get_collection(conn: psycopg.Connection, *, name: str, tenant: str = "defaul
 
 
 def ensure_collection(
-    conn: psycopg.Connection,
+    conn: Conn,
     *,
     name: str,
     provider: str,
@@ -73,7 +73,7 @@ def ensure_collection(
     return coll
 
 
-def _create_vector_index(conn: psycopg.Connection, *, collection_id: int, dimension: int) -> None:
+def _create_vector_index(conn: Conn, *, collection_id: int, dimension: int) -> None:
     # A partial index per collection over a typed cast: one chunks table can hold collections
     # of different dimensions, and each still gets an HNSW index (pgvector's documented way).
     conn.execute(
@@ -88,7 +88,7 @@ def _create_vector_index(conn: psycopg.Connection, *, collection_id: int, dimens
     )
 
 
-def list_collections(conn: psycopg.Connection, *, tenant: str = "default") -> list[Collection]:
+def list_collections(conn: Conn, *, tenant: str = "default") -> list[Collection]:
     rows = conn.execute(
         "SELECT id, tenant, name, embedding_provider, embedding_model, dimension"
         " FROM collections WHERE tenant = %s ORDER BY name",

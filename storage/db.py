@@ -15,12 +15,13 @@ from functools import lru_cache
 from pathlib import Path
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 
 from ingestflow.errors import ConfigError, StoreError
 from ingestflow.settings import get_settings
 
 log = logging.getLogger(__name__)
+Conn = psycopg.Connection[DictRow]  # every pooled connection returns rows as dicts
 _embedded_lock = threading.Lock()
 
 
@@ -83,7 +84,7 @@ def get_engine():  # -> sqlalchemy.Engine (imported lazily to keep start-up fast
 
 
 @contextmanager
-def connection() -> Iterator[psycopg.Connection]:
+def connection() -> Iterator[Conn]:
     """A pooled psycopg connection in autocommit mode; use ``conn.transaction()`` for atomicity."""
     try:
         raw = get_engine().raw_connection()
@@ -96,7 +97,7 @@ def connection() -> Iterator[psycopg.Connection]:
 
 
 @contextmanager
-def transaction() -> Iterator[psycopg.Connection]:
+def transaction() -> Iterator[Conn]:
     """A pooled connection inside one transaction, committed on success."""
     with connection() as conn, conn.transaction():
         yield conn

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 from psycopg.types.json import Jsonb
 
 from ingestflow.types import DocumentStatus
+from storage.db import Conn
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class Claim:
 
 
 def claim_document(
-    conn: psycopg.Connection,
+    conn: Conn,
     *,
     collection_id: int,
     source_uri: str,
@@ -64,11 +64,12 @@ def claim_document(
         " RETURNING id, chunk_count",
         (collection_id, source_uri, sha256, pipeline, size, flow_run_id, Jsonb(metadata)),
     ).fetchone()
+    assert new is not None  # an upsert with RETURNING always returns its row
     return Claim(str(new["id"]), False, new["chunk_count"])
 
 
 def record_failure(
-    conn: psycopg.Connection,
+    conn: Conn,
     *,
     collection_id: int,
     source_uri: str,
@@ -87,10 +88,11 @@ def record_failure(
         " RETURNING id",
         (collection_id, source_uri, error, flow_run_id, Jsonb(metadata or {})),
     ).fetchone()
+    assert row is not None  # an upsert with RETURNING always returns its row
     return str(row["id"])
 
 
-def status_counts(conn: psycopg.Connection, *, collection_id: int | None = None) -> dict[str, int]:
+def status_counts(conn: Conn, *, collection_id: int | None = None) -> dict[str, int]:
     rows = conn.execute(
         "SELECT status, count(*) AS n FROM documents"
         " WHERE %(cid)s::int IS NULL OR collection_id = %(cid)s GROUP BY status",
@@ -100,7 +102,7 @@ def status_counts(conn: psycopg.Connection, *, collection_id: int | None = None)
 
 
 def recent_failures(
-    conn: psycopg.Connection, *, collection_id: int | None = None, limit: int = 10
+    conn: Conn, *, collection_id: int | None = None, limit: int = 10
 ) -> list[dict[str, Any]]:
     return conn.execute(
         "SELECT d.source_uri, d.error, d.updated_at, c.name AS collection"
@@ -111,9 +113,7 @@ def recent_failures(
     ).fetchall()
 
 
-def get_document(
-    conn: psycopg.Connection, *, collection_id: int, source_uri: str
-) -> dict[str, Any] | None:
+def get_document(conn: Conn, *, collection_id: int, source_uri: str) -> dict[str, Any] | None:
     return conn.execute(
         "SELECT * FROM documents WHERE collection_id = %s AND source_uri = %s",
         (collection_id, source_uri),

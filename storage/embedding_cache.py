@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import psycopg
+
+from storage.db import Conn
 
 
 def cached_vectors(
-    conn: psycopg.Connection, *, model: str, content_hashes: Sequence[str]
+    conn: Conn, *, model: str, content_hashes: Sequence[str]
 ) -> dict[str, np.ndarray]:
     if not content_hashes:
         return {}
@@ -22,7 +23,7 @@ def cached_vectors(
     return {r["content_hash"]: r["embedding"].to_numpy().astype(np.float32) for r in rows}
 
 
-def store_vectors(conn: psycopg.Connection, *, model: str, vectors: dict[str, np.ndarray]) -> None:
+def store_vectors(conn: Conn, *, model: str, vectors: dict[str, np.ndarray]) -> None:
     """Add vectors to the cache; existing entries win (they are identical by construction)."""
     if not vectors:
         return

@@ -66,7 +66,7 @@ def current_version() -> int:
         if not exists or exists["t"] is None:
             return 0
         row = conn.execute("SELECT max(version) AS v FROM schema_migrations").fetchone()
-        return int(row["v"] or 0)
+        return int(row["v"] or 0) if row else 0
 
 
 _schema_ready = False

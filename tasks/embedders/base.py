@@ -119,4 +119,5 @@ def clear_embedders() -> None:
 
 def _load_builtins() -> None:
     # Importing registers them; the heavy libraries load only when an embedder is built.
-    from tasks.embedders import local, openai  # noqa: F401
+    import tasks.embedders.local
+    import tasks.embedders.openai  # noqa: F401

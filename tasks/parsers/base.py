@@ -57,8 +57,11 @@ class Parser(Protocol):
     ``ParseError`` with the label and a short cause.
     """
 
-    media_types: tuple[str, ...]
-    label: str
+    @property
+    def media_types(self) -> tuple[str, ...]: ...
+
+    @property
+    def label(self) -> str: ...
 
     def parse(self, source: ParseInput) -> Iterable[Segment]: ...
 

@@ -98,9 +98,8 @@ def decode_text(data: bytes, *, declared: str | None = None) -> str:
     if codec:
         text = data.decode(codec, errors="replace")
     else:
-        text = _decode_strict(data, declared)
-        if text is None:
-            text = _decode_guess(data)
+        strict = _decode_strict(data, declared)
+        text = strict if strict is not None else _decode_guess(data)
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 

@@ -119,3 +119,10 @@ def test_nonexistent_plain_paths_are_kept(tmp_path: Path) -> None:
 
 def test_empty_input() -> None:
     assert expand_sources([]) == []
+
+
+def test_home_directory_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("a")
+    assert expand_sources(["~/docs"]) == [str(tmp_path / "docs" / "a.txt")]
