@@ -127,10 +127,15 @@ def test_bad_documents_fail_with_reasons_and_do_not_sink_the_batch(pipeline, col
 
 
 def test_oversized_document_is_refused_while_streaming(pipeline, collection, tmp_path, monkeypatch):
+    import tempfile
+
     from ingestflow import ingest
     from tests.conftest import reset_caches
 
     monkeypatch.setenv("INGESTFLOW_MAX_DOCUMENT_BYTES", "4096")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     reset_caches()
     big = write(tmp_path, "big.txt", "word " * 5000)
 
@@ -138,7 +143,7 @@ def test_oversized_document_is_refused_while_streaming(pipeline, collection, tmp
 
     assert result.outcomes[0].status is FAILED
     assert "larger than the limit of 4,096 bytes" in result.outcomes[0].error
-    assert not list(Path("/tmp").glob("ingestflow-*/fetch-*"))
+    assert list(scratch.rglob("*")) == []  # the partial copy is gone
 
 
 def test_collection_keeps_its_embedding_model(pipeline, collection, corpus, monkeypatch):
