@@ -80,8 +80,9 @@ class IngestResult:
     outcomes: list[DocumentOutcome]
     flow_run_id: str | None = None
 
-    def count(self, status: DocumentStatus) -> int:
-        return sum(1 for o in self.outcomes if o.status is status)
+    def count(self, status: DocumentStatus | str) -> int:
+        """How many documents ended in ``status`` (an enum member or its value)."""
+        return sum(1 for o in self.outcomes if o.status == status)
 
     @property
     def failed(self) -> list[DocumentOutcome]:

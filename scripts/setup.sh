@@ -13,7 +13,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
     echo "installing ingestflow and its dependencies into .venv (first run takes a few minutes)..."
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[local,dev]"
+    log=.venv/install.log
+    if ! { .venv/bin/python -m pip install --disable-pip-version-check --upgrade pip &&
+           .venv/bin/python -m pip install --disable-pip-version-check -e ".[local,dev]"; } >"$log" 2>&1; then
+        tail -40 "$log"
+        echo "installation failed; the full log is in $log" >&2
+        exit 1
+    fi
     echo "$wanted" > "$stamp"
 fi

@@ -197,3 +197,17 @@ def test_outcome_prefers_the_canonical_uri_and_counts_chunks(tmp_path: Path) -> 
     )
     bare = DocWork(source="a.txt", chunk_count=7).outcome()
     assert (bare.source_uri, bare.chunk_count) == ("a.txt", 7)
+
+
+def test_result_counts_by_enum_or_value():
+    from ingestflow.types import DocumentOutcome, IngestResult
+
+    result = IngestResult(
+        "c",
+        [
+            DocumentOutcome("a", DocumentStatus.INDEXED),
+            DocumentOutcome("b", DocumentStatus.FAILED, error="x"),
+        ],
+    )
+    assert result.count("indexed") == result.count(DocumentStatus.INDEXED) == 1
+    assert [o.source_uri for o in result.failed] == ["b"]
