@@ -35,9 +35,10 @@ def claim_document(
     """Decide whether ``source_uri`` with these bytes needs indexing, and record the decision.
 
     The same bytes already indexed with the same ``pipeline`` (parser and chunking settings),
-    and not ``force`` -> ``unchanged``. Otherwise the row moves
-    to ``processing`` with the new digest; its old chunks stay searchable until the upsert
-    replaces them. Runs in the caller's transaction.
+    and not ``force`` -> ``unchanged``. The same bytes indexed under another source in the
+    collection -> ``unchanged`` too, with that document's chunks copied (no parsing, no
+    embedding). Otherwise the row moves to ``processing`` with the new digest; its old chunks
+    stay searchable until the upsert replaces them. Runs in the caller's transaction.
     """
     row = conn.execute(
         "SELECT id, sha256, pipeline, status, chunk_count FROM documents"
@@ -65,7 +66,40 @@ def claim_document(
         (collection_id, source_uri, sha256, pipeline, size, flow_run_id, Jsonb(metadata)),
     ).fetchone()
     assert new is not None  # an upsert with RETURNING always returns its row
+    twin = None if force else _indexed_twin(conn, collection_id, sha256, pipeline, new["id"])
+    if twin is not None:
+        count = _copy_chunks(conn, source=twin["id"], target=new["id"])
+        conn.execute(
+            "UPDATE documents SET status = 'unchanged', chunk_count = %s, media_type = %s,"
+            " indexed_at = now() WHERE id = %s",
+            (count, twin["media_type"], new["id"]),
+        )
+        return Claim(str(new["id"]), True, count)
     return Claim(str(new["id"]), False, new["chunk_count"])
+
+
+def _indexed_twin(
+    conn: Conn, collection_id: int, sha256: str, pipeline: str, exclude: Any
+) -> dict[str, Any] | None:
+    """Another document of the collection already indexed from identical bytes, locked so
+    its chunks cannot change while they are copied."""
+    return conn.execute(
+        "SELECT id, media_type FROM documents WHERE collection_id = %s AND sha256 = %s"
+        " AND pipeline = %s AND status IN ('indexed', 'unchanged') AND id <> %s"
+        " ORDER BY created_at LIMIT 1 FOR SHARE",
+        (collection_id, sha256, pipeline, exclude),
+    ).fetchone()
+
+
+def _copy_chunks(conn: Conn, *, source: Any, target: Any) -> int:
+    conn.execute("DELETE FROM chunks WHERE document_id = %s", (target,))
+    cur = conn.execute(
+        "INSERT INTO chunks (document_id, collection_id, ordinal, content, content_hash,"
+        " provenance, embedding) SELECT %s, collection_id, ordinal, content, content_hash,"
+        " provenance, embedding FROM chunks WHERE document_id = %s",
+        (target, source),
+    )
+    return cur.rowcount
 
 
 def record_failure(

@@ -8,7 +8,7 @@ import pytest
 
 from ingestflow.errors import CollectionMismatchError
 from ingestflow.types import DocumentStatus
-from tests.support.db import chunk_rows, document_rows
+from tests.support.db import chunk_rows, consistency_problems, document_rows
 
 INDEXED, UNCHANGED, FAILED = DocumentStatus.INDEXED, DocumentStatus.UNCHANGED, DocumentStatus.FAILED
 
@@ -214,3 +214,20 @@ def test_ingest_document_is_seven_task_runs(pipeline, collection, corpus):
     names = sorted(r.name.rsplit("-", 1)[0] for r in runs)
     assert names == sorted(["fetch", "hash", "dedupe", "parse", "chunk", "embed", "upsert"])
     assert all(r.state.is_completed() for r in runs)
+
+
+def test_same_bytes_under_another_name_are_unchanged_and_searchable(pipeline, collection, corpus):
+    from ingestflow import ingest, search
+
+    ingest(corpus / "otters.md", collection=collection)
+    copy = corpus / "otters-copy.md"
+    copy.write_bytes((corpus / "otters.md").read_bytes())
+    embedded_before = pipeline.stats().texts_embedded
+
+    result = ingest(copy, collection=collection)
+
+    assert result.outcomes[0].status is UNCHANGED
+    assert pipeline.stats().texts_embedded == embedded_before
+    sources = {h.source_uri.rsplit("/", 1)[-1] for h in search("otters", collection=collection)}
+    assert sources == {"otters.md", "otters-copy.md"}
+    assert consistency_problems(collection) == []
