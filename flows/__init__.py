@@ -1,5 +1,6 @@
 """Prefect flows: composition of the tasks in ``tasks/``."""
 
 from flows.ingest import ingest_batch, ingest_document
+from flows.sweep import sweep_bucket
 
-__all__ = ["ingest_batch", "ingest_document"]
+__all__ = ["ingest_batch", "ingest_document", "sweep_bucket"]

@@ -10,7 +10,7 @@ seven per document, while each document keeps its own status, error and timings.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, cast
 from uuid import UUID
 
@@ -80,15 +80,34 @@ def _ingest(
     force: bool,
     batch_size: int,
 ) -> IngestResult:
+    unique = unique_sources(sources)
+    batches = (unique[i : i + batch_size] for i in range(0, len(unique), batch_size))
+    return ingest_batches(
+        batches, collection=collection, metadata=metadata, force=force, total=len(unique)
+    )
+
+
+def ingest_batches(
+    batches: Iterable[list[str]],
+    *,
+    collection: str,
+    metadata: dict[str, Any] | None = None,
+    force: bool = False,
+    total: int | None = None,
+) -> IngestResult:
+    """Run the stages over each micro-batch of sources as it arrives; call inside a flow.
+
+    ``batches`` may be a generator (a sweep yields batches while it lists a bucket);
+    ``total``, when known, drives the progress artifact.
+    """
     ensure_schema()
     embedder = get_embedder()
     coll = open_collection(collection, embedder)
-    works = [DocWork(source=s, metadata=dict(metadata or {})) for s in unique_sources(sources)]
-    tracker = _Tracker(len(works))
+    tracker = _Tracker(total)
     with tempfile.TemporaryDirectory(prefix="ingestflow-") as tmp:
-        for start in range(0, len(works), batch_size):
-            batch = _run_stages(works[start : start + batch_size], coll, embedder, tmp, force)
-            tracker.advance(batch)
+        for sources in batches:
+            works = [DocWork(source=s, metadata=dict(metadata or {})) for s in sources]
+            tracker.advance(_run_stages(works, coll, embedder, tmp, force))
     result = IngestResult(collection, tracker.outcomes, flow_run_id=flow_run.id)
     _summarise(result)
     return result
@@ -150,20 +169,22 @@ def unique_sources(sources: Sequence[str]) -> list[str]:
 class _Tracker:
     """Keeps the outcomes and reports progress to the Prefect UI and to local listeners."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int | None) -> None:
         self.total = total
         self.outcomes: list[DocumentOutcome] = []
-        # Called from a sync flow, Prefect's dual sync/async helpers return plain values.
-        self.artifact_id = cast(
-            UUID, create_progress_artifact(progress=0.0, description="documents done")
-        )
+        self.artifact_id: UUID | None = None
+        if total:
+            # Called from a sync flow, Prefect's dual sync/async helpers return plain values.
+            self.artifact_id = cast(
+                UUID, create_progress_artifact(progress=0.0, description="documents done")
+            )
 
     def advance(self, works: list[DocWork]) -> None:
         self.outcomes.extend(w.outcome() for w in works)
         done = len(self.outcomes)
-        if self.artifact_id is not None:
-            update_progress_artifact(self.artifact_id, progress=100.0 * done / max(self.total, 1))
-        report(Progress(done=done, total=self.total, outcomes=list(self.outcomes)))
+        if self.artifact_id is not None and self.total:
+            update_progress_artifact(self.artifact_id, progress=100.0 * done / self.total)
+        report(Progress(done=done, total=self.total or done, outcomes=list(self.outcomes)))
 
 
 def _summarise(result: IngestResult) -> None:
