@@ -90,6 +90,32 @@ def ingest(
 
 @app.command()
 @one_line_errors
+def sweep(
+    uri: Annotated[str, typer.Argument(help="Bucket prefix (s3://, gs://, az://) or folder.")],
+    collection: Annotated[str, typer.Option("--collection", "-c")] = "default",
+    prune: Annotated[bool, typer.Option(help="Retire documents whose objects are gone.")] = True,
+    max_delete_fraction: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Refuse to delete more than this share.")
+    ] = 0.2,
+) -> None:
+    """Sweep URI once: ingest new and changed objects, retire deleted ones."""
+    from ingestflow.service import sweep as run_sweep
+
+    report = run_sweep(
+        uri, collection=collection, prune=prune, max_delete_fraction=max_delete_fraction
+    )
+    console.print(
+        f"swept {report.uri} into {collection!r}: listed {report.listed}, added {report.added},"
+        f" updated {report.updated}, unchanged {report.unchanged}, deleted {report.deleted},"
+        f" failed {len(report.failed)}",
+        markup=False,
+    )
+    for source, reason in report.failed:
+        console.print(f"  failed {source}: {reason}", markup=False)
+
+
+@app.command()
+@one_line_errors
 def search(
     query: str,
     collection: Annotated[str, typer.Option("--collection", "-c")] = "default",

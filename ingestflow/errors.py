@@ -68,7 +68,13 @@ class EmbedRequestRejected(EmbedError):
 
 
 class StoreError(IngestError):
-    """The database could not be reached or a write failed transiently."""
+    """The database or an object store could not be reached, or a write failed transiently."""
+
+
+class InvalidKeyError(IngestError):
+    """An object key or path is malformed or would escape its store's root folder."""
+
+    permanent = True
 
 
 class CollectionMismatchError(IngestError):

@@ -43,6 +43,25 @@ def ingest(
     )
 
 
+def sweep(
+    uri: str,
+    *,
+    collection: str = "default",
+    prune: bool = True,
+    max_delete_fraction: float = 0.2,
+) -> Any:
+    """One sweep of a bucket prefix or folder now (see ``flows.sweep.sweep_bucket``).
+
+    Returns the ``SweepReport``; raises ``SweepGuardError`` when the deletion guard held.
+    """
+    use_running_server()
+    from flows import sweep_bucket
+
+    return sweep_bucket(
+        uri, collection=collection, prune=prune, max_delete_fraction=max_delete_fraction
+    )
+
+
 def search(
     query: str,
     *,

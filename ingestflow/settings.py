@@ -73,6 +73,51 @@ class EmbeddingSettings(BaseSettings):
     torch_threads: int = Field(default=2, gt=0, description="Torch threads for the local model.")
 
 
+_MIB = 1024 * 1024
+
+
+class StoreSettings(BaseSettings):
+    """Object stores: which Prefect blocks hold credentials, endpoints, transfer sizes.
+
+    A ``*_block`` names a saved Prefect block, either as ``type-slug/name`` or as a bare name
+    of the default type (``aws-credentials``, ``gcp-credentials``,
+    ``azure-blob-storage-credentials``); bucket blocks (``s3-bucket/...``) work too, their
+    credentials are used. Unset, each store falls back to its provider's own environment
+    variables (``AWS_ACCESS_KEY_ID`` ..., ``GOOGLE_APPLICATION_CREDENTIALS`` or
+    ``STORAGE_EMULATOR_HOST``, ``AZURE_STORAGE_CONNECTION_STRING``).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="INGESTFLOW_STORE_", extra="ignore")
+
+    s3_block: str | None = None
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (MinIO, R2, moto), if not AWS."
+    )
+    s3_region: str | None = None
+    gcs_block: str | None = None
+    gcs_project: str | None = None
+    azure_block: str | None = None
+    # S3 needs parts of at least 5 MiB; GCS needs multiples of 256 KiB.
+    part_bytes: int = Field(
+        default=8 * _MIB,
+        ge=5 * _MIB,
+        multiple_of=256 * 1024,
+        description="Bytes buffered per uploaded part or block: the memory a write holds.",
+    )
+    list_page_size: int = Field(default=1000, gt=0, le=1000, description="Objects per page.")
+
+
+class SweepSettings(BaseSettings):
+    """The scheduled ``sweep-bucket`` deployment: which prefix, into which collection, when."""
+
+    model_config = SettingsConfigDict(env_prefix="INGESTFLOW_SWEEP_", extra="ignore")
+
+    uri: str | None = Field(default=None, description="Prefix or folder to keep in step.")
+    collection: str = "default"
+    cron: str = "*/15 * * * *"
+    max_delete_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
+
+
 class Settings:
     """The settings of every concern, built on first access."""
 
@@ -80,6 +125,8 @@ class Settings:
         self.database = DatabaseSettings()
         self.ingest = IngestSettings()
         self.embedding = EmbeddingSettings()
+        self.store = StoreSettings()
+        self.sweep = SweepSettings()
 
 
 @lru_cache(maxsize=1)

@@ -15,10 +15,27 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
     echo "installing ingestflow and its dependencies into .venv (first run takes a few minutes)..."
     log=.venv/install.log
     if ! { .venv/bin/python -m pip install --disable-pip-version-check --upgrade pip &&
-           .venv/bin/python -m pip install --disable-pip-version-check -e ".[local,dev]"; } >"$log" 2>&1; then
+           .venv/bin/python -m pip install --disable-pip-version-check -e ".[local,dev,stores]"; } >"$log" 2>&1; then
         tail -40 "$log"
         echo "installation failed; the full log is in $log" >&2
         exit 1
     fi
     echo "$wanted" > "$stamp"
+fi
+
+# Azurite, the Azure Blob emulator the object-store tests run against, from npm.
+AZURITE_VERSION=3.37.0
+if ! grep -qs "\"version\": \"$AZURITE_VERSION\"" .tools/node_modules/azurite/package.json; then
+    if ! command -v npm >/dev/null; then
+        echo "npm not found: install Node.js and npm to run the Azure Blob tests" >&2
+    else
+        echo "installing azurite $AZURITE_VERSION into .tools/ ..."
+        mkdir -p .tools
+        if ! npm install --prefix .tools --no-audit --no-fund --loglevel=error \
+                "azurite@$AZURITE_VERSION" >.tools/install.log 2>&1; then
+            tail -20 .tools/install.log
+            echo "azurite installation failed; the full log is in .tools/install.log" >&2
+            exit 1
+        fi
+    fi
 fi

@@ -1,36 +1,118 @@
 """The ObjectStore extension point: where source bytes live, chosen by URI scheme.
 
-A store streams an object into a writable file; ``fetch`` in the ingest flow hashes and
-size-checks the stream as it copies. Built-in stores register themselves the same way a
-plugin would, with ``register_store(scheme)``.
+Four stores are built in (``storage/stores/``): ``file`` (plain paths and ``file://``),
+``s3://bucket/key``, ``gs://bucket/key`` and ``az://container/blob``. They register
+themselves the way a plugin would, with ``register_store(scheme)``; a built-in's module is
+imported the first time its scheme is asked for, so the SDKs load only when used.
+
+Every store streams: reads call a sink with blocks of at most ``CHUNK_BYTES``; writes consume
+an iterator of byte chunks, hash and size-check them as they go, and become visible only when
+complete, so a failed or oversized write leaves nothing behind (and an overwritten object
+keeps its old content). Listings are paginated generators.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import importlib
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Protocol
 from urllib.parse import unquote, urlparse
 
-from ingestflow.errors import ConfigError, FetchError, SourceNotFoundError
+from ingestflow.errors import ConfigError
 
 CHUNK_BYTES = 1024 * 1024
 
+Sink = Callable[[bytes], object]
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One listed object. ``etag`` is whatever changes when the bytes change: the ETag (S3,
+    Azure), the generation (GCS), or inode, mtime and size (local files)."""
+
+    uri: str
+    key: str
+    size: int
+    etag: str
+    modified: datetime
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """A committed write: the bytes' size and sha256 as streamed, and the new ``etag``."""
+
+    uri: str
+    size: int
+    sha256: str
+    etag: str
+
 
 class ObjectStore(Protocol):
-    """What the ingest flow needs from a store of source documents."""
+    """What ingestflow needs from a store of documents."""
 
-    def read_into(self, uri: str, sink: Callable[[bytes], None]) -> None:
+    def read_into(self, uri: str, sink: Sink) -> None:
         """Stream the object at ``uri`` into ``sink`` in blocks of at most ``CHUNK_BYTES``."""
         ...
 
+    def write(
+        self, uri: str, chunks: Iterable[bytes], *, max_bytes: int | None = None
+    ) -> WriteResult:
+        """Store ``chunks`` at ``uri``, all or nothing; ``TooLargeError`` past ``max_bytes``."""
+        ...
+
+    def exists(self, uri: str) -> bool:
+        """True if an object is stored at ``uri``."""
+        ...
+
+    def delete(self, uri: str) -> None:
+        """Remove the object at ``uri``; removing a missing object is not an error."""
+        ...
+
+    def list_pages(
+        self, prefix: str, *, page_size: int | None = None
+    ) -> Iterator[list[ObjectInfo]]:
+        """Objects whose URI starts with ``prefix``, in key order, one service page at a time
+        (``page_size`` objects at most; the store's setting when None)."""
+        ...
+
+    def list_objects(self, prefix: str, *, page_size: int | None = None) -> Iterator[ObjectInfo]:
+        """``list_pages`` flattened: never more than one page in memory."""
+        ...
+
+
+class PagedListing:
+    """Mixin for stores: ``list_objects`` from the store's own ``list_pages``."""
+
+    def list_pages(
+        self, prefix: str, *, page_size: int | None = None
+    ) -> Iterator[list[ObjectInfo]]:
+        raise NotImplementedError
+
+    def list_objects(self, prefix: str, *, page_size: int | None = None) -> Iterator[ObjectInfo]:
+        for page in self.list_pages(prefix, page_size=page_size):
+            yield from page
+
 
 _stores: dict[str, Callable[[], ObjectStore]] = {}
+
+# Built-in stores, imported on first use of their scheme.
+_BUILTIN = {
+    "file": "storage.stores.local",
+    "s3": "storage.stores.s3",
+    "gs": "storage.stores.gcs",
+    "az": "storage.stores.azure",
+}
 
 
 def register_store(
     *schemes: str,
 ) -> Callable[[Callable[[], ObjectStore]], Callable[[], ObjectStore]]:
+    """Register a zero-argument factory for the stores of ``schemes``."""
+
     def decorate(factory: Callable[[], ObjectStore]) -> Callable[[], ObjectStore]:
         for scheme in schemes:
             _stores[scheme] = factory
@@ -46,11 +128,24 @@ def scheme_of(uri: str) -> str:
 
 
 def store_for(uri: str) -> ObjectStore:
+    """The store that handles ``uri``'s scheme."""
     scheme = scheme_of(uri)
+    if scheme not in _stores and scheme in _BUILTIN:
+        importlib.import_module(_BUILTIN[scheme])
     if scheme not in _stores:
-        known = ", ".join(sorted(_stores))
+        known = ", ".join(sorted(set(_stores) | set(_BUILTIN)))
         raise ConfigError(f"no object store handles {scheme}:// URIs (known: {known})")
     return _stores[scheme]()
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    """``scheme://bucket/key`` as ``(bucket, key)``; the key is taken literally (no
+    percent-decoding, and ``?`` or ``#`` are part of it), as cloud CLIs do."""
+    _, sep, rest = uri.partition("://")
+    bucket, _, key = rest.partition("/")
+    if not sep or not bucket:
+        raise ConfigError(f"not a bucket URI (want scheme://bucket/key): {uri}")
+    return bucket, key
 
 
 def local_path(uri: str) -> Path:
@@ -68,22 +163,25 @@ def canonical_uri(source: str) -> str:
     return source
 
 
-@register_store("file")
-class LocalFileStore:
-    """Files on a local or mounted filesystem."""
+async def write_async(
+    store: ObjectStore, uri: str, chunks: AsyncIterable[bytes], *, max_bytes: int | None = None
+) -> WriteResult:
+    """``store.write`` from an async chunk iterator (an upload body, say).
 
-    def read_into(self, uri: str, sink: Callable[[bytes], None]) -> None:
-        path = local_path(uri)
-        try:
-            fh: BinaryIO = path.open("rb")
-        except FileNotFoundError as e:
-            raise SourceNotFoundError(f"file not found: {path}") from e
-        except IsADirectoryError as e:
-            raise SourceNotFoundError(f"is a directory, not a file: {path}") from e
-        except PermissionError as e:
-            raise SourceNotFoundError(f"permission denied: {path}") from e
-        except OSError as e:
-            raise FetchError(f"cannot open {path}: {e.strerror}") from e
-        with fh:
-            while block := fh.read(CHUNK_BYTES):
-                sink(block)
+    The store's blocking write runs in a worker thread and pulls each chunk from this event
+    loop, so only one chunk is in flight and nothing is buffered beyond what the store holds.
+    """
+    loop = asyncio.get_running_loop()
+    source = aiter(chunks)
+
+    async def next_chunk() -> bytes:
+        return await anext(source)
+
+    def pull() -> Iterator[bytes]:
+        while True:
+            try:
+                yield asyncio.run_coroutine_threadsafe(next_chunk(), loop).result()
+            except StopAsyncIteration:
+                return
+
+    return await asyncio.to_thread(store.write, uri, pull(), max_bytes=max_bytes)

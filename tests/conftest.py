@@ -15,6 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.emulators import (  # noqa: F401 (fixtures for the object-store tests)
+    azurite,
+    gcs_emulator,
+    moto_server,
+    store_target,
+)
+
 # Isolate Prefect's home (settings, local result storage) before Prefect is imported.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="ingestflow-test-prefect-")
 os.environ["PREFECT_HOME"] = _PREFECT_HOME

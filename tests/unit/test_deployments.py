@@ -36,7 +36,26 @@ def test_prefect_yaml_entrypoints_are_flows():
         assert obj.name == name
 
 
-def test_python_deployments_build():
-    built = {d.name: d for d in build_deployments()}
+def test_python_deployments_build(monkeypatch):
+    from ingestflow.settings import get_settings
+
+    monkeypatch.setenv("INGESTFLOW_SWEEP_URI", "s3://docs/inbox/")
+    get_settings.cache_clear()
+    try:
+        built = {d.name: d for d in build_deployments()}
+    finally:
+        get_settings.cache_clear()
     assert set(built) == set(deployment_specs())
     assert all(d.tags == ["ingestflow"] for d in built.values())
+    sweep = built["sweep-bucket"]
+    assert sweep.parameters["uri"] == "s3://docs/inbox/"
+    yaml_cron = _yaml_deployments()["sweep-bucket"]["schedules"][0]["cron"]
+    assert [s.schedule.cron for s in sweep.schedules] == [yaml_cron]
+
+
+def test_sweep_deployment_needs_a_uri(monkeypatch):
+    from ingestflow.settings import get_settings
+
+    monkeypatch.delenv("INGESTFLOW_SWEEP_URI", raising=False)
+    get_settings.cache_clear()
+    assert "sweep-bucket" not in {d.name for d in build_deployments()}

@@ -21,6 +21,7 @@ PERMANENT = {
     errors.EmptyDocumentError,
     errors.EmbedRequestRejected,
     errors.CollectionMismatchError,
+    errors.InvalidKeyError,
     CollectionNotFoundError,
 }
 TRANSIENT = {errors.IngestError, errors.FetchError, errors.EmbedError, errors.StoreError}

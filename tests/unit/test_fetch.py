@@ -18,7 +18,8 @@ from ingestflow.errors import (
 )
 from ingestflow.types import DocumentStatus
 from storage import objectstore
-from storage.objectstore import LocalFileStore, canonical_uri, local_path, scheme_of
+from storage.objectstore import canonical_uri, local_path, scheme_of
+from storage.stores.local import LocalFileStore
 from tasks.fetch import fetch_documents, fetch_source, hash_documents, sha256_of
 from tasks.work import DocWork
 
