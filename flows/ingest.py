@@ -21,6 +21,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.runtime import flow_run
+from pydantic import SecretStr
 
 from ingestflow.progress import Progress, report
 from ingestflow.settings import IngestSettings, get_settings
@@ -36,7 +37,7 @@ from tasks.embedders import Embedder, get_embedder
 from tasks.fetch import fetch_task, hash_task
 from tasks.parse import PARSER_VERSION, parse_task
 from tasks.upsert import upsert_task
-from tasks.work import DocWork
+from tasks.work import DocWork, split_password
 
 
 @flow(name="ingest-document", flow_run_name="ingest {source}", log_prints=False)
@@ -45,14 +46,23 @@ def ingest_document(
     collection: str = "default",
     metadata: dict[str, Any] | None = None,
     force: bool = False,
+    password: SecretStr | None = None,
 ) -> IngestResult:
     """Ingest one document (a path or URI) into ``collection``.
 
-    Identical bytes already indexed from the same source are skipped as ``unchanged`` unless
-    ``force``; changed bytes replace the document's chunks atomically. A bad document ends
-    ``failed`` with a reason instead of raising.
+    Identical bytes already indexed are skipped as ``unchanged`` unless ``force``; changed
+    bytes replace the document's chunks atomically. A bad document ends ``failed`` with a
+    reason instead of raising. ``password`` opens an encrypted PDF; as a ``SecretStr`` it is
+    masked in the run's stored parameters.
     """
-    return _ingest([source], collection=collection, metadata=metadata, force=force, batch_size=1)
+    return _ingest(
+        [source],
+        collection=collection,
+        metadata=metadata,
+        force=force,
+        batch_size=1,
+        password=password,
+    )
 
 
 @flow(name="ingest-batch", flow_run_name="ingest {collection}", log_prints=False)
@@ -62,6 +72,7 @@ def ingest_batch(
     metadata: dict[str, Any] | None = None,
     force: bool = False,
     batch_size: int | None = None,
+    password: SecretStr | None = None,
 ) -> IngestResult:
     """Ingest many documents in one flow run, ``batch_size`` documents per micro-batch.
 
@@ -69,7 +80,14 @@ def ingest_batch(
     embedding batches. Every document gets its own outcome.
     """
     size = batch_size or get_settings().ingest.batch_size
-    return _ingest(sources, collection=collection, metadata=metadata, force=force, batch_size=size)
+    return _ingest(
+        sources,
+        collection=collection,
+        metadata=metadata,
+        force=force,
+        batch_size=size,
+        password=password,
+    )
 
 
 def _ingest(
@@ -79,11 +97,17 @@ def _ingest(
     metadata: dict[str, Any] | None,
     force: bool,
     batch_size: int,
+    password: SecretStr | None,
 ) -> IngestResult:
     unique = unique_sources(sources)
     batches = (unique[i : i + batch_size] for i in range(0, len(unique), batch_size))
     return ingest_batches(
-        batches, collection=collection, metadata=metadata, force=force, total=len(unique)
+        batches,
+        collection=collection,
+        metadata=metadata,
+        force=force,
+        total=len(unique),
+        password=password.get_secret_value() if password else None,
     )
 
 
@@ -94,6 +118,7 @@ def ingest_batches(
     metadata: dict[str, Any] | None = None,
     force: bool = False,
     total: int | None = None,
+    password: str | None = None,
 ) -> IngestResult:
     """Run the stages over each micro-batch of sources as it arrives; call inside a flow.
 
@@ -104,9 +129,10 @@ def ingest_batches(
     embedder = get_embedder()
     coll = open_collection(collection, embedder)
     tracker = _Tracker(total)
+    public, password = split_password(metadata, password)
     with tempfile.TemporaryDirectory(prefix="ingestflow-") as tmp:
         for sources in batches:
-            works = [DocWork(source=s, metadata=dict(metadata or {})) for s in sources]
+            works = [DocWork(source=s, metadata=public, password=password) for s in sources]
             tracker.advance(_run_stages(works, coll, embedder, tmp, force))
     result = IngestResult(collection, tracker.outcomes, flow_run_id=flow_run.id)
     _summarise(result)

@@ -14,10 +14,12 @@ from rich.console import Console
 from rich.table import Table
 
 from ingestflow.errors import IngestError
+from ingestflow.storage_cli import storage_app
 
 app = typer.Typer(help="Document ingestion for RAG on Prefect and pgvector.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(storage_app, name="storage")
 # soft_wrap: long paths and reasons stay on one line when output goes to a file or a pipe.
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)

@@ -8,6 +8,7 @@ Ephemeral mode starts a temporary server in every process (20-30 s here). When
 from __future__ import annotations
 
 import os
+import sys
 import urllib.request
 
 LOCAL_API = "http://127.0.0.1:4200/api"
@@ -17,6 +18,12 @@ def use_running_server(api_url: str = LOCAL_API, timeout: float = 0.5) -> str | 
     """Point Prefect at ``api_url`` if nothing else is configured and it is healthy."""
     if os.environ.get("PREFECT_API_URL"):
         return os.environ["PREFECT_API_URL"]
+    if "prefect" in sys.modules:
+        # Already imported (a notebook, a test): its settings may name a server already.
+        from prefect.settings import PREFECT_API_URL
+
+        if PREFECT_API_URL.value():
+            return str(PREFECT_API_URL.value())
     try:
         with urllib.request.urlopen(f"{api_url}/health", timeout=timeout) as resp:  # noqa: S310
             healthy = resp.status == 200

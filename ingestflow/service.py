@@ -8,14 +8,18 @@ for hit in search("what changed in Q3?", collection="docs"):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ingestflow.prefect_env import use_running_server
 from ingestflow.sources import expand_sources
 from ingestflow.types import IngestResult, SearchHit
+
+if TYPE_CHECKING:
+    from storage.objectstore import ObjectInfo
+    from storage.registration import Registration
 
 
 def ingest(
@@ -25,22 +29,33 @@ def ingest(
     metadata: dict[str, Any] | None = None,
     force: bool = False,
     batch_size: int | None = None,
+    password: str | None = None,
 ) -> IngestResult:
     """Ingest files, folders, globs or URIs through the Prefect ingest flow, in this process.
 
     One source runs ``ingest_document``; several run ``ingest_batch``. Uses a running Prefect
-    server when there is one, otherwise Prefect's ephemeral mode.
+    server when there is one, otherwise Prefect's ephemeral mode. ``password`` (or
+    ``metadata["password"]``) opens encrypted PDFs and is never stored.
     """
+    from pydantic import SecretStr
+
+    from tasks.work import split_password
+
     items = [sources] if isinstance(sources, (str, Path)) else list(sources)
     expanded = expand_sources(items)
+    public, secret = split_password(metadata, password)
     use_running_server()
     from flows import ingest_batch, ingest_document
 
+    options: dict[str, Any] = {
+        "collection": collection,
+        "metadata": public,
+        "force": force,
+        "password": SecretStr(secret) if secret is not None else None,
+    }
     if len(expanded) == 1:
-        return ingest_document(expanded[0], collection=collection, metadata=metadata, force=force)
-    return ingest_batch(
-        expanded, collection=collection, metadata=metadata, force=force, batch_size=batch_size
-    )
+        return ingest_document(expanded[0], **options)
+    return ingest_batch(expanded, batch_size=batch_size, **options)
 
 
 def sweep(
@@ -60,6 +75,44 @@ def sweep(
     return sweep_bucket(
         uri, collection=collection, prune=prune, max_delete_fraction=max_delete_fraction
     )
+
+
+def add_storage(
+    name: str,
+    uri: str,
+    *,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    replace: bool = False,
+) -> Registration:
+    """Register a bucket as a source: reuse or create the Prefect credentials block ``name``
+    and list the first page under ``uri`` with it (see ``storage.registration``)."""
+    use_running_server()
+    from storage.registration import register_source
+
+    return register_source(name, uri, endpoint_url=endpoint_url, region=region, replace=replace)
+
+
+def list_storage(uri: str, *, limit: int | None = None) -> Iterator[ObjectInfo]:
+    """``ObjectInfo`` of the objects under ``uri``, page by page, at most ``limit``."""
+    from itertools import islice
+
+    from ingestflow.settings import get_settings
+    from storage.objectstore import store_for
+
+    use_running_server()  # a store's credentials may be a Prefect block
+    page_size = get_settings().store.list_page_size
+    if limit is not None:
+        page_size = max(1, min(page_size, limit))
+    return islice(store_for(uri).list_objects(uri, page_size=page_size), limit)
+
+
+def presign_upload(uri: str, *, expires: int = 3600) -> str:
+    """A presigned PUT URL for ``uri`` on an S3-compatible store (see ``storage.presign``)."""
+    use_running_server()
+    from storage.presign import presign_put
+
+    return presign_put(uri, expires=expires)
 
 
 def search(

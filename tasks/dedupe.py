@@ -11,7 +11,7 @@ from ingestflow.types import DocumentStatus
 from storage.db import transaction
 from storage.documents import claim_document
 from tasks.options import stage_options
-from tasks.work import DocWork, Stopwatch, public_metadata
+from tasks.work import DocWork, Stopwatch
 
 
 def dedupe_documents(
@@ -41,7 +41,7 @@ def dedupe_documents(
                 sha256=work.sha256,
                 pipeline=pipeline,
                 size=work.fetched.size,
-                metadata=public_metadata(work.metadata),
+                metadata=work.metadata,
                 force=force,
                 flow_run_id=flow_run_id,
             )

@@ -23,9 +23,7 @@ PARSER_VERSION = 1
 
 def parse_one(work: DocWork) -> DocWork:
     assert work.fetched is not None
-    parsed = parse_file(
-        work.fetched.path, filename=work.fetched.filename, password=work.metadata.get("password")
-    )
+    parsed = parse_file(work.fetched.path, filename=work.fetched.filename, password=work.password)
     if not any(seg.text.strip() for seg in parsed.segments):
         raise EmptyDocumentError(f"no text found in this {parsed.media_type} document")
     return replace(work, media_type=parsed.media_type, segments=parsed.segments)

@@ -12,7 +12,7 @@ from storage.chunks import DocumentChunks, replace_chunks
 from storage.db import transaction
 from storage.documents import record_failure
 from tasks.options import stage_options
-from tasks.work import DocWork, Stopwatch, public_metadata
+from tasks.work import DocWork, Stopwatch
 
 
 def upsert_documents(
@@ -38,7 +38,7 @@ def upsert_documents(
                     source_uri=work.fetched.source_uri if work.fetched else work.source,
                     error=work.error or "failed",
                     flow_run_id=flow_run_id,
-                    metadata=public_metadata(work.metadata),
+                    metadata=work.metadata,
                 )
     share = watch.seconds / max(len(ready), 1)
     out = []

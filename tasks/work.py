@@ -17,18 +17,25 @@ import numpy as np
 from ingestflow.errors import IngestError, is_permanent
 from ingestflow.types import Chunk, DocumentOutcome, DocumentStatus, FetchedSource, Segment
 
-# Metadata keys consumed by the pipeline and never stored, logged or returned.
-SECRET_METADATA_KEYS = frozenset({"password"})
 
+def split_password(
+    metadata: dict[str, Any] | None, password: str | None = None
+) -> tuple[dict[str, Any], str | None]:
+    """Metadata without its ``password`` key, and the password (an explicit one wins).
 
-def public_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in metadata.items() if k not in SECRET_METADATA_KEYS}
+    Callers split before a flow is called, so the password never becomes a stored flow-run
+    parameter, a document's metadata, a log line or an artifact.
+    """
+    public = dict(metadata or {})
+    from_metadata = public.pop("password", None)
+    return public, password if password is not None else from_metadata
 
 
 @dataclass(frozen=True)
 class DocWork:
     source: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    password: str | None = field(default=None, repr=False)
     fetched: FetchedSource | None = None
     sha256: str | None = None
     document_id: str | None = None

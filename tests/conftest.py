@@ -75,12 +75,26 @@ def database_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def prefect_server() -> Iterator[None]:
-    """Prefect's test harness: a real Prefect server on a temporary database, once a session."""
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_server() -> Iterator[str]:
+    """A real Prefect server (``prefect server start``) with its services, once a session;
+    this process's Prefect client points at it. Yields the API URL.
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    Its database is a fresh one on the machine's Postgres (PREFECT_TEST_SERVER_PG, default
+    127.0.0.1:5432): Prefect's schema needs pg_trgm, which pgserver lacks. Without that
+    server it falls back to SQLite, where task runs wait ~2 s on "database is locked".
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tests.support.prefect_server import run_prefect_server, scratch_postgres_database
+
+    admin = os.environ.get(
+        "PREFECT_TEST_SERVER_PG", "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+    with scratch_postgres_database(admin) as db_url, run_prefect_server(db_url) as api_url:
+        os.environ["PREFECT_API_URL"] = api_url
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            yield api_url
+        os.environ.pop("PREFECT_API_URL", None)
 
 
 @pytest.fixture(scope="session")

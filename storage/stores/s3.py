@@ -51,7 +51,7 @@ _NO_CREDENTIALS = (
 
 def aws_credentials(settings: StoreSettings) -> Any:
     """The ``AwsCredentials`` block to use, with the endpoint and region settings applied."""
-    from prefect_aws import AwsClientParameters, AwsCredentials
+    from prefect_aws import AwsCredentials
 
     if settings.s3_block:
         block = load_block(settings.s3_block, "aws-credentials", "INGESTFLOW_STORE_S3_BLOCK")
@@ -60,6 +60,13 @@ def aws_credentials(settings: StoreSettings) -> Any:
             raise ConfigError(f"Prefect block {settings.s3_block!r} holds no S3 credentials")
     else:
         creds = AwsCredentials()  # boto3's default chain: environment, profile, role
+    return with_store_settings(creds, settings)
+
+
+def with_store_settings(creds: Any, settings: StoreSettings) -> Any:
+    """``creds`` with the endpoint and region settings filling what the block leaves unset."""
+    from prefect_aws import AwsClientParameters
+
     updates: dict[str, Any] = {}
     if settings.s3_region and not creds.region_name:
         updates["region_name"] = settings.s3_region
@@ -70,6 +77,21 @@ def aws_credentials(settings: StoreSettings) -> Any:
     return creds.model_copy(update=updates) if updates else creds
 
 
+def s3_client(creds: Any, config: Any = None) -> Any:
+    """A boto3 S3 client from an ``AwsCredentials`` block's session and client parameters.
+
+    This is ``AwsCredentials.get_s3_client`` without its process-wide cache, which would keep
+    serving a client built from stale environment credentials. ``config`` (a botocore
+    ``Config``) gives defaults that the block's own ``config`` overrides.
+    """
+    params = creds.aws_client_parameters.get_params_override()
+    if creds.region_name:
+        params["region_name"] = creds.region_name
+    if config is not None:
+        params["config"] = config.merge(params["config"]) if "config" in params else config
+    return creds.get_boto3_session().client("s3", **params)
+
+
 class S3Store(PagedListing):
     """Objects in S3 buckets."""
 
@@ -78,15 +100,9 @@ class S3Store(PagedListing):
 
     @cached_property
     def client(self) -> Any:
-        """A boto3 S3 client from the block's session and client parameters, built on first
-        use (clients are thread-safe). This is ``AwsCredentials.get_s3_client`` without its
-        process-wide cache, which would keep serving a client built from stale environment
-        credentials: this store is rebuilt with each settings snapshot instead."""
-        creds = aws_credentials(self.settings)
-        params = creds.aws_client_parameters.get_params_override()
-        if creds.region_name:
-            params["region_name"] = creds.region_name
-        return creds.get_boto3_session().client("s3", **params)
+        """The boto3 client, built on first use (clients are thread-safe); this store is
+        rebuilt with each settings snapshot, so it follows changed credentials."""
+        return s3_client(aws_credentials(self.settings))
 
     def read_into(self, uri: str, sink: Sink) -> None:
         bucket, key = objectstore.split_uri(uri)

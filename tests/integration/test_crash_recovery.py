@@ -23,7 +23,6 @@ import pytest
 
 from ingestflow.types import DocumentStatus
 from tests.support.db import consistency_problems, document_rows
-from tests.support.prefect_speed import long_lived_cache
 
 pytestmark = pytest.mark.slow
 
@@ -36,13 +35,6 @@ _VOCABULARY = (
     "river stone lantern copper harbor meadow signal thunder velvet orbit glacier ember"
     " compass willow falcon quartz saddle beacon prism canyon ledger mosaic tundra cobalt"
 )
-
-
-@pytest.fixture(autouse=True)
-def _cached_tag_limit_checks(monkeypatch):
-    import prefect.concurrency.services as services
-
-    monkeypatch.setattr(services, "_no_limits_cache", long_lived_cache())
 
 
 def make_corpus(folder: Path, nonce: str) -> list[Path]:

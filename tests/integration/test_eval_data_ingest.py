@@ -18,12 +18,100 @@ from tests.support.db import chunk_rows, consistency_problems, document_rows
 
 INDEXED, UNCHANGED, FAILED = DocumentStatus.INDEXED, DocumentStatus.UNCHANGED, DocumentStatus.FAILED
 
-# Files expected to fail, by name (relative to eval-data), with a substring of the reason.
-# Every other file must be indexed with at least one chunk.
-EXPECTED_FAILURES = {
-    "pdfs/docling-ocr_test.pdf": "no text layer",
-    "pdfs/sf-imagemagick-CCITTFaxDecode.pdf": "no text layer",
-    "pdfs/pdfjs-empty_protected.pdf": "no text layer",
+INDEXED_OK = None  # indexed, with at least one chunk
+NO_TEXT = "PDF has no text layer"  # image-only pages, OCR not enabled
+
+# The expected outcome of every file in the corpus (path relative to eval-data): indexed, or
+# failed with a reason containing the given text. Encrypted PDFs are ingested with the
+# password from pdfs/MANIFEST.tsv; pdfjs-empty_protected.pdf has an empty user password.
+EXPECTED: dict[str, str | None] = {
+    "pdfs/docling-2206.01062_pg3-password.pdf": INDEXED_OK,
+    "pdfs/docling-2305.03393v1-pg9.pdf": INDEXED_OK,
+    "pdfs/docling-code_and_formula.pdf": INDEXED_OK,
+    "pdfs/docling-multi_page.pdf": INDEXED_OK,
+    "pdfs/docling-ocr_test.pdf": NO_TEXT,
+    "pdfs/docling-redp5110_sampled.pdf": INDEXED_OK,
+    "pdfs/docling-right_to_left_01.pdf": INDEXED_OK,
+    "pdfs/pdfjs-TAMReview.pdf": INDEXED_OK,
+    "pdfs/pdfjs-empty_protected.pdf": NO_TEXT,
+    "pdfs/pdfjs-noembed-eucjp.pdf": INDEXED_OK,
+    "pdfs/pdfjs-scan-bad.pdf": INDEXED_OK,
+    "pdfs/pdfjs-tracemonkey.pdf": INDEXED_OK,
+    "pdfs/pdfjs-vertical.pdf": INDEXED_OK,
+    "pdfs/pdfjs-xfa_issue14315.pdf": INDEXED_OK,
+    "pdfs/pdfjs-xref_command_missing.pdf": INDEXED_OK,
+    "pdfs/pdfminer-aes-256-r6.pdf": INDEXED_OK,
+    "pdfs/pdfminer-i1040nr.pdf": INDEXED_OK,
+    "pdfs/pdfminer-issue-791-non-unicode-cmap.pdf": INDEXED_OK,
+    "pdfs/pdfminer-issue_566_test_1.pdf": INDEXED_OK,
+    "pdfs/pdfminer-issue_566_test_2.pdf": INDEXED_OK,
+    "pdfs/pdfminer-jo.pdf": INDEXED_OK,
+    "pdfs/pdfminer-zen_of_python_corrupted.pdf": INDEXED_OK,
+    "pdfs/pdfplumber-federal-register-2020-17221.pdf": INDEXED_OK,
+    "pdfs/pdfplumber-malformed-from-issue-932.pdf": INDEXED_OK,
+    "pdfs/pdfplumber-nics-background-checks-2015-11.pdf": INDEXED_OK,
+    "pdfs/pdfplumber-password-example.pdf": INDEXED_OK,
+    "pdfs/pdfplumber-scotus-transcript-p1.pdf": INDEXED_OK,
+    "pdfs/pypdf-SF424_page2.pdf": INDEXED_OK,
+    "pdfs/pypdf-Seige_of_Vicksburg_Sample_OCR.pdf": INDEXED_OK,
+    "pdfs/pypdf-crazyones.pdf": INDEXED_OK,
+    "pdfs/pypdf-r6-user-password.pdf": INDEXED_OK,
+    "pdfs/sf-GeoTopo-komprimiert.pdf": INDEXED_OK,
+    "pdfs/sf-crazyones-pdfa.pdf": INDEXED_OK,
+    "pdfs/sf-google-doc-document.pdf": INDEXED_OK,
+    "pdfs/sf-habibi-arabic.pdf": INDEXED_OK,
+    "pdfs/sf-imagemagick-CCITTFaxDecode.pdf": NO_TEXT,
+    "pdfs/sf-libreoffice-writer-password.pdf": INDEXED_OK,
+    "pdfs/sf-minimal-document.pdf": INDEXED_OK,
+    "pdfs/sf-multicolumn.pdf": INDEXED_OK,
+    "pdfs/sf-pdflatex-4-pages.pdf": INDEXED_OK,
+    "pdfs/sf-pdflatex-forms.pdf": INDEXED_OK,
+    "pdfs/sf-pdflatex-outline.pdf": INDEXED_OK,
+    "pdfs/sf-unreadable-metadata.pdf": INDEXED_OK,
+    "docs/csv/docling-csv-comma-in-cell.csv": INDEXED_OK,
+    "docs/csv/docling-csv-inconsistent-header.csv": INDEXED_OK,
+    "docs/csv/docling-csv-semicolon.csv": INDEXED_OK,
+    "docs/csv/docling-csv-tab.csv": INDEXED_OK,
+    "docs/csv/seaborn-penguins.csv": INDEXED_OK,
+    "docs/csv/seaborn-taxis.csv": INDEXED_OK,
+    "docs/docx/docling-lorem_ipsum.docx": INDEXED_OK,
+    "docs/docx/docling-textbox.docx": INDEXED_OK,
+    "docs/docx/docling-unit_test_headers_numbered.docx": INDEXED_OK,
+    "docs/docx/docling-word_sample.docx": INDEXED_OK,
+    "docs/docx/docling-word_tables.docx": INDEXED_OK,
+    "docs/docx/python-docx-hdr-header-footer.docx": INDEXED_OK,
+    "docs/html/chardet-SHIFT_JIS-no-encoding.html": INDEXED_OK,
+    "docs/html/docling-example_03.html": INDEXED_OK,
+    "docs/html/docling-html_code_snippets.html": INDEXED_OK,
+    "docs/html/docling-kvp_data_example.html": INDEXED_OK,
+    "docs/html/docling-table_06.html": INDEXED_OK,
+    "docs/html/docling-wiki_duck.html": INDEXED_OK,
+    "docs/json/jsontestsuite-i_string_UTF-16LE_with_BOM.json": INDEXED_OK,
+    "docs/json/jsontestsuite-n_structure_unclosed_array.json": INDEXED_OK,
+    "docs/json/jsontestsuite-y_object_duplicated_key.json": INDEXED_OK,
+    "docs/json/jsontestsuite-y_string_unicode_2.json": INDEXED_OK,
+    "docs/json/mteb-all-MiniLM-L6-v2-SciFact.json": INDEXED_OK,
+    "docs/json/pdfjs-test_manifest.json": INDEXED_OK,
+    "docs/markdown/docling-ending_with_table.md": INDEXED_OK,
+    "docs/markdown/docling-escaped_characters.md": INDEXED_OK,
+    "docs/markdown/docling-nested.md": INDEXED_OK,
+    "docs/markdown/docling-wiki.md": INDEXED_OK,
+    "docs/markdown/pypdf-benchmarks-README.md": INDEXED_OK,
+    "docs/pptx/docling-powerpoint_bad_text.pptx": INDEXED_OK,
+    "docs/pptx/docling-powerpoint_comments.pptx": INDEXED_OK,
+    "docs/pptx/docling-powerpoint_sample.pptx": INDEXED_OK,
+    "docs/pptx/docling-powerpoint_with_image.pptx": INDEXED_OK,
+    "docs/pptx/docling-pptx_chart.pptx": INDEXED_OK,
+    "docs/txt/arxiv-1707.09725.txt": INDEXED_OK,
+    "docs/txt/chardet-SHIFT_JIS-ude_1.txt": INDEXED_OK,
+    "docs/txt/chardet-UTF-16LE-nobom.txt": INDEXED_OK,
+    "docs/txt/chardet-windows-1252-ude_2.txt": INDEXED_OK,
+    "docs/txt/uspto-pftaps057006474.txt": INDEXED_OK,
+    "docs/xlsx/docling-xlsx_01.xlsx": INDEXED_OK,
+    "docs/xlsx/docling-xlsx_02_sample_sales_data.xlsm": INDEXED_OK,
+    "docs/xlsx/docling-xlsx_06_edge_cases.xlsx": INDEXED_OK,
+    "docs/xlsx/docling-xlsx_07_gap_tolerance.xlsx": INDEXED_OK,
+    "docs/xlsx/docling-xlsx_comments.xlsx": INDEXED_OK,
 }
 
 
@@ -72,7 +160,8 @@ def test_every_eval_file_is_indexed_or_fails_with_its_expected_reason(
 ):
     files = eval_files(eval_data)
     passwords = pdf_passwords(eval_data)
-    assert len(files) >= 85 and len(passwords) >= 5  # the whole corpus is here
+    assert {str(p.relative_to(eval_data)) for p in files} == set(EXPECTED)
+    assert len(passwords) == 5
 
     outcomes = ingest_corpus(eval_data, collection)
 
@@ -81,12 +170,11 @@ def test_every_eval_file_is_indexed_or_fails_with_its_expected_reason(
     assert len(outcomes) == len(files)
     wrong = {}
     for name, (status, error) in table.items():
-        expected = EXPECTED_FAILURES.get(name)
-        ok = (
-            status == "failed" and expected in error
-            if expected
-            else status == "indexed" and not error
-        )
+        expected = EXPECTED[name]
+        if expected is None:
+            ok = status == "indexed" and not error
+        else:
+            ok = status == "failed" and expected in error
         if not ok:
             wrong[name] = (status, error, f"expected {expected or 'indexed'!r}")
     assert not wrong, json.dumps(wrong, indent=1)
@@ -106,12 +194,7 @@ def test_every_eval_file_is_indexed_or_fails_with_its_expected_reason(
         per_doc[c["source_uri"]] = per_doc.get(c["source_uri"], 0) + 1
     assert per_doc == {o.source_uri: o.chunk_count for o in outcomes if o.status is INDEXED}
 
-    # No password is stored anywhere in the documents' metadata, errors or chunks.
-    stored = json.dumps([(r["metadata"], r["error"]) for r in rows.values()], default=str)
-    for name, password in passwords.items():
-        row = rows[(eval_data / "pdfs" / name).resolve().as_uri()]
-        assert row["metadata"] == {"corpus": "eval"}, name
-        assert password not in stored, name
+    assert_no_password_stored(eval_data, collection, passwords)
 
     # A second run of the same bytes: indexed documents are unchanged and nothing is embedded;
     # documents that failed are tried again and fail the same way.
@@ -130,6 +213,16 @@ def test_every_eval_file_is_indexed_or_fails_with_its_expected_reason(
     assert all(o.embedded_chunks == 0 for o in again)
     assert chunk_rows(collection) == chunks_before
     assert consistency_problems(collection) == []
+    assert_no_password_stored(eval_data, collection, passwords)
+
+
+def assert_no_password_stored(root: Path, collection: str, passwords: dict[str, str]) -> None:
+    """documents.metadata keeps the other keys but never the password; no error quotes it."""
+    rows = document_rows(collection)
+    stored = json.dumps([(r["metadata"], r["error"]) for r in rows.values()], default=str)
+    for name, password in passwords.items():
+        assert rows[(root / "pdfs" / name).resolve().as_uri()]["metadata"] == {"corpus": "eval"}
+        assert password not in stored, name
 
 
 @pytest.fixture
@@ -173,3 +266,18 @@ def test_encrypted_pdf_with_wrong_password_fails_without_leaking_it(
     row = document_rows(collection)[path.resolve().as_uri()]
     assert row["metadata"] == {"team": "qa"}
     assert wrong not in json.dumps([row["metadata"], row["error"]], default=str)
+
+
+def test_password_is_not_stored_on_the_prefect_server(pipeline, collection, encrypted_pdf):
+    from prefect.client.orchestration import get_client
+
+    from ingestflow import ingest
+
+    path, password = encrypted_pdf
+
+    result = ingest(path, collection=collection, metadata={"password": password})
+
+    assert result.outcomes[0].status is INDEXED
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(result.flow_run_id)
+    assert password not in json.dumps([run.name, run.parameters], default=str)

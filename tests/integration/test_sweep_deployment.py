@@ -11,43 +11,39 @@ import pytest
 
 from tests.conftest import REPO
 from tests.support.db import document_rows
-from tests.support.prefect_server import run_prefect_server
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def served(pipeline, collection, tmp_path):
+def served(pipeline, prefect_server, collection, tmp_path):
     folder = tmp_path / "inbox"
     folder.mkdir()
     for i in range(3):
         (folder / f"memo-{i}.txt").write_text(f"Memo {i} for {collection}: the sweep found me.")
-    with run_prefect_server() as api_url:
-        env = {
-            **os.environ,
-            "PREFECT_API_URL": api_url,
-            "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-            "INGESTFLOW_SWEEP_URI": str(folder),
-            "INGESTFLOW_SWEEP_COLLECTION": collection,
-            "INGESTFLOW_SWEEP_CRON": "* * * * *",
-            "PYTHONPATH": str(REPO),
-        }
-        runner = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from deployments.definitions import serve_deployments; serve_deployments()",
-            ],
-            env=env,
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            yield api_url, folder
-        finally:
-            runner.terminate()
-            runner.wait(timeout=30)
+    api_url = prefect_server  # the session's server runs the scheduler every 2 s
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": api_url,
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+        "INGESTFLOW_SWEEP_URI": str(folder),
+        "INGESTFLOW_SWEEP_COLLECTION": collection,
+        "INGESTFLOW_SWEEP_CRON": "* * * * *",
+        "PYTHONPATH": str(REPO),
+    }
+    serve = "from deployments.definitions import serve_deployments; serve_deployments()"
+    runner = subprocess.Popen(
+        [sys.executable, "-c", serve],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield api_url, folder
+    finally:
+        runner.terminate()
+        runner.wait(timeout=30)
 
 
 def _client(api_url: str):

@@ -24,9 +24,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sources = [s for s in args.sources.read_text(encoding="utf-8").splitlines() if s.strip()]
 
-    from tests.support.prefect_speed import remember_no_tag_limits
-
-    remember_no_tag_limits()
     from flows import ingest_batch
     from ingestflow.progress import listen
 

@@ -12,6 +12,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 
 def free_port() -> int:
@@ -20,15 +21,51 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def asyncpg_url(libpq_url: str, database: str) -> str:
+    """A SQLAlchemy asyncpg URL for ``database`` on the server of a libpq URL."""
+    parts = urlsplit(libpq_url)
+    return urlunsplit(("postgresql+asyncpg", parts.netloc, f"/{database}", parts.query, ""))
+
+
 @contextmanager
-def run_prefect_server(startup_timeout: float = 120.0) -> Iterator[str]:
-    """Start a local Prefect server (SQLite in a temp dir); yield its API URL."""
+def scratch_postgres_database(admin_url: str) -> Iterator[str | None]:
+    """A new, uniquely named database on ``admin_url``'s server for one Prefect server, as an
+    asyncpg URL, dropped afterwards; None when that server cannot be reached."""
+    import psycopg
+
+    name = f"ingestflow_prefect_{os.getpid()}"
+    try:
+        admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError:
+        yield None
+        return
+    with admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield asyncpg_url(admin_url, name)
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def run_prefect_server(
+    database_url: str | None = None, startup_timeout: float = 120.0
+) -> Iterator[str]:
+    """Start a local Prefect server with its services; yield its API URL.
+
+    ``database_url`` (SQLAlchemy, e.g. from ``asyncpg_url``) puts it on Postgres, as in
+    production: on SQLite, concurrent writes answer 503 "database is locked" and clients
+    back off for about 2 s, which would dominate any test that runs flows.
+    """
     home = Path(tempfile.mkdtemp(prefix="ingestflow-prefect-server-"))
     port = free_port()
     env = {
         **os.environ,
         "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": (
+            database_url or f"sqlite+aiosqlite:///{home}/prefect.db"
+        ),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": "false",
         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",

@@ -12,7 +12,7 @@ import pytest
 import tasks.work as work_module
 from ingestflow.errors import FetchError, IngestError, ParseError, StoreError, TooLargeError
 from ingestflow.types import Chunk, DocumentStatus, FetchedSource, Segment
-from tasks.work import DocWork, describe_error, per_document, public_metadata
+from tasks.work import DocWork, describe_error, per_document, split_password
 
 
 def _batch(*names: str) -> list[DocWork]:
@@ -159,11 +159,16 @@ def test_describe_error_without_traceback() -> None:
 # DocWork and metadata ---------------------------------------------------------------------
 
 
-def test_public_metadata_drops_the_password() -> None:
+def test_split_password_takes_it_out_of_the_metadata() -> None:
     metadata = {"password": "hunter2", "team": "finance", "year": 2024}
-    assert public_metadata(metadata) == {"team": "finance", "year": 2024}
+    assert split_password(metadata) == ({"team": "finance", "year": 2024}, "hunter2")
     assert metadata["password"] == "hunter2"  # the input is left alone
-    assert public_metadata({}) == {}
+    assert split_password(metadata, "explicit") == ({"team": "finance", "year": 2024}, "explicit")
+    assert split_password(None) == ({}, None)
+
+
+def test_password_is_not_in_the_repr() -> None:
+    assert "hunter2" not in repr(DocWork(source="a.pdf", password="hunter2"))
 
 
 def test_failed_clears_payload_and_keeps_identity() -> None:
