@@ -64,6 +64,10 @@ def ingest(
     metadata: Annotated[
         str | None, typer.Option(help="JSON object stored on each document.")
     ] = None,
+    password: Annotated[
+        str | None,
+        typer.Option(envvar="INGESTFLOW_PDF_PASSWORD", help="Opens encrypted PDFs; never stored."),
+    ] = None,
 ) -> None:
     """Ingest documents through the Prefect ingest flow and summarise the outcome."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -81,7 +85,9 @@ def ingest(
             bar.update(task_id, total=p.total, completed=p.done)
 
         with ingest_progress.listen(update):
-            result = run_ingest(paths, collection=collection, metadata=meta, force=force)
+            result = run_ingest(
+                paths, collection=collection, metadata=meta, force=force, password=password
+            )
     counts = {s.value: result.count(s) for s in DocumentStatus if result.count(s)}
     console.print(f"collection {collection!r}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     for outcome in result.failed:
