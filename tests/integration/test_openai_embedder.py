@@ -35,9 +35,11 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def _server() -> Iterator[OpenAIServer]:
+    before = set(threading.enumerate())
     with run_openai_server(dimension=DIM) as server:
         yield server
-    assert not [t for t in threading.enumerate() if t.name == "openai-test-server"]
+    leaked = set(threading.enumerate()) - before
+    assert not [t for t in leaked if t.name == "openai-test-server"]
 
 
 @pytest.fixture

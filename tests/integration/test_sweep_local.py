@@ -43,7 +43,7 @@ def test_first_sweep_adds_everything_and_second_changes_nothing(pipeline, collec
 
 def test_changed_touched_and_deleted_objects(pipeline, collection, bucket):
     sweep(bucket, collection)
-    (bucket / "doc-1.txt").write_text("Completely new words about tide pools.")
+    (bucket / "doc-1.txt").write_text(f"New words about tide pools for {collection}.")
     touched = bucket / "doc-2.txt"
     stat = touched.stat()
     os.utime(touched, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
