@@ -1,10 +1,10 @@
 """The sweep flow: keep a collection in step with a bucket prefix.
 
-New objects are ingested, changed ones (etag or size differ from what was indexed) are
-re-indexed through the same stages as ``ingest_batch`` (so a touched-but-identical object is
-``unchanged`` by its sha256), and documents whose objects disappeared are retired. The
-listing is consumed page by page while micro-batches are ingested, so a bucket of any size
-never sits in memory.
+New objects are ingested, and changed ones (etag, size or modified time differ from what was
+indexed) are re-indexed through the same stages as ``ingest_batch``: a touched-but-identical
+object is fetched, found ``unchanged`` by its sha256 and never re-embedded. Documents whose
+objects disappeared are retired. The listing is consumed page by page while micro-batches
+are ingested, so a bucket of any size never sits in memory.
 
 Deletion guard: nothing is deleted when the listing failed part-way, or when the deletions
 would exceed ``max_delete_fraction`` of the live documents under the prefix. The run then
@@ -149,7 +149,11 @@ class _Lister:
             k = known.get(uri)
             if k is None:
                 self.new.add(uri)
-            elif k.status not in _RETRY_STATES and (k.etag, k.size) == (info.etag, info.size):
+            elif k.status not in _RETRY_STATES and (k.etag, k.size, k.modified) == (
+                info.etag,
+                info.size,
+                info.modified,
+            ):
                 self.report.unchanged += 1
                 continue
             self.candidates[uri] = info

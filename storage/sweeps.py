@@ -15,6 +15,7 @@ class KnownVersion:
     status: str
     etag: str | None
     size: int | None
+    modified: datetime | None
 
 
 def known_versions(
@@ -22,12 +23,15 @@ def known_versions(
 ) -> dict[str, KnownVersion]:
     """The stored version of each of ``uris`` that the collection already has a row for."""
     rows = conn.execute(
-        "SELECT source_uri, status, source_etag, size_bytes FROM documents"
+        "SELECT source_uri, status, source_etag, size_bytes, source_modified FROM documents"
         " WHERE collection_id = %s AND source_uri = ANY(%s)",
         (collection_id, list(uris)),
     ).fetchall()
     return {
-        r["source_uri"]: KnownVersion(r["status"], r["source_etag"], r["size_bytes"]) for r in rows
+        r["source_uri"]: KnownVersion(
+            r["status"], r["source_etag"], r["size_bytes"], r["source_modified"]
+        )
+        for r in rows
     }
 
 

@@ -99,7 +99,8 @@ def test_first_sweep_adds_everything_and_second_changes_nothing(pipeline, collec
 def test_changed_touched_and_deleted_objects(pipeline, collection, bucket):
     sweep(bucket, collection)
     bucket.put("doc-1.txt", f"New words about tide pools for {collection}.".encode())
-    # Identical bytes put again: S3 gives the same ETag, so the listing shows no change.
+    # Identical bytes put again: the same ETag and a new LastModified, so the object is
+    # fetched and found unchanged by its sha256.
     bucket.put("doc-2.txt", bucket.get("doc-2.txt"))
     # A metadata-only copy onto itself: a later LastModified, the same ETag and size.
     before = bucket.head("doc-4.txt")["LastModified"]

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.processes import free_port, stop_process
+
 # No test may probe the cloud metadata endpoints (link-local addresses, not loopback) while
 # looking for credentials. google-auth reads NO_GCE_CHECK when it is first imported.
 os.environ.setdefault("NO_GCE_CHECK", "true")
@@ -43,12 +45,6 @@ REPO = Path(__file__).resolve().parents[2]
 BUCKET = "ingestflow-test"
 MOTO_REGION = "us-east-1"
 _STARTUP_TIMEOUT = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -79,12 +75,7 @@ def run_server(name: str, cmd: list[str], port: int, env: dict[str, str] | None 
         _wait_listening(name, proc, port, Path(log.name))
         yield Emulator(name, f"http://127.0.0.1:{port}", time.monotonic() - started)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
         Path(log.name).unlink(missing_ok=True)
 
