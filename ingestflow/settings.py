@@ -44,7 +44,6 @@ class IngestSettings(BaseSettings):
     chunk_unit: Literal["chars", "tokens"] = "chars"
     batch_size: int = Field(default=32, gt=0, description="Documents per micro-batch.")
     parse_workers: int = Field(default=2, gt=0, description="Documents parsed at once.")
-    collection: str = "default"
 
 
 class EmbeddingSettings(BaseSettings):
