@@ -7,6 +7,7 @@ import json
 import os
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -19,6 +20,8 @@ from ingestflow.storage_cli import storage_app
 app = typer.Typer(help="Document ingestion for RAG on Prefect and pgvector.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+eval_app = typer.Typer(help="Retrieval quality.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
 app.add_typer(storage_app, name="storage")
 # soft_wrap: long paths and reasons stay on one line when output goes to a file or a pipe.
 console = Console(soft_wrap=True)
@@ -173,6 +176,35 @@ def db_upgrade() -> None:
     applied = upgrade()
     names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "nothing to apply"
     console.print(f"schema at version {current_version()} ({names})")
+
+
+@eval_app.command("beir")
+@one_line_errors
+def eval_beir(
+    path: Annotated[Path, typer.Argument(help="Folder with corpus.jsonl, queries.jsonl, qrels/.")],
+    collection: Annotated[str | None, typer.Option("--collection", "-c")] = None,
+    small: Annotated[bool, typer.Option(help="30 queries and a few hundred documents.")] = False,
+    one_chunk_per_doc: Annotated[
+        bool, typer.Option(help="Index each document whole (the MTEB setting).")
+    ] = False,
+) -> None:
+    """Ingest a BEIR dataset and print nDCG@10, recall@100 and MRR@10 of its test queries."""
+    import uuid
+
+    if one_chunk_per_doc:
+        # Bigger than any document; the model itself truncates at 256 tokens, as in MTEB.
+        os.environ["INGESTFLOW_CHUNK_SIZE"] = "1000000"
+        os.environ["INGESTFLOW_CHUNK_OVERLAP"] = "0"
+    from ingestflow.evaluation import run_beir
+
+    name = collection or f"beir-{path.name}-{uuid.uuid4().hex[:8]}"
+    scores, docs = run_beir(path, collection=name, small=small)
+    console.print(
+        f"{path.name}: {docs} documents, {scores.queries} queries, collection {name!r}\n"
+        f"nDCG@10 {scores.ndcg_at_10:.4f}  recall@100 {scores.recall_at_100:.4f}"
+        f"  MRR@10 {scores.mrr_at_10:.4f}",
+        markup=False,
+    )
 
 
 def _json_object(text: str) -> dict[str, Any]:
