@@ -1,20 +1,34 @@
-"""The HTTP API (FastAPI). Routes are thin adapters over ``ingestflow.service``."""
+"""The HTTP API (FastAPI). Routes are thin adapters over ``ingestflow.service``.
+
+Run it with ``uvicorn api.app:app``; OpenAPI docs at /docs. Everything under /v1 needs an
+API key (``ingestflow keys create --tenant T``) and sees only that tenant's collections.
+"""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from typing import Any
 
+from fastapi import APIRouter, Depends, FastAPI
+
+from api.deps import authenticate
+from api.errors import install_error_handlers
+from api.models import ErrorResponse
+from api.routes import documents, ops, search
 from ingestflow import __version__
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (401, 404, 422, 503)
+}
 
 
 def create_app() -> FastAPI:
     app = FastAPI(title="ingestflow", version=__version__, docs_url="/docs")
-
-    @app.get("/healthz", tags=["operations"])
-    def healthz() -> dict[str, str]:
-        """The process is up."""
-        return {"status": "ok"}
-
+    install_error_handlers(app)
+    app.include_router(ops.router)
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)], responses=_ERRORS)
+    v1.include_router(documents.router)
+    v1.include_router(search.router)
+    app.include_router(v1)
     return app
 
 

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ingestflow.errors import IngestError
+from ingestflow.keys_cli import keys_app
 from ingestflow.storage_cli import storage_app
 
 app = typer.Typer(help="Document ingestion for RAG on Prefect and pgvector.", no_args_is_help=True)
@@ -23,6 +24,7 @@ app.add_typer(db_app, name="db")
 eval_app = typer.Typer(help="Retrieval quality.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 app.add_typer(storage_app, name="storage")
+app.add_typer(keys_app, name="keys")
 # soft_wrap: long paths and reasons stay on one line when output goes to a file or a pipe.
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)

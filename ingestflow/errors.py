@@ -83,6 +83,12 @@ class CollectionMismatchError(IngestError):
     permanent = True
 
 
+class InvalidRequestError(IngestError, ValueError):
+    """A caller's input is invalid (an empty query, a malformed page cursor)."""
+
+    permanent = True
+
+
 def is_permanent(exc: BaseException) -> bool:
     """True for errors that a retry cannot fix."""
     return isinstance(exc, IngestError) and exc.permanent

@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ingestflow.errors import InvalidRequestError
 from ingestflow.prefect_env import use_running_server
 from ingestflow.sources import expand_sources
 from ingestflow.types import IngestResult, SearchHit
 
 if TYPE_CHECKING:
+    from storage.documents import DocumentRecord
     from storage.objectstore import ObjectInfo
     from storage.registration import Registration
 
@@ -131,7 +133,7 @@ def search(
     from tasks.embedders import get_embedder
 
     if not query.strip():
-        raise ValueError("the search query is empty")
+        raise InvalidRequestError("the search query is empty")
     ensure_schema()
     with connection() as conn:
         coll = get_collection(conn, name=collection, tenant=tenant)
@@ -169,3 +171,107 @@ def status(*, collection: str | None = None, tenant: str = "default") -> StatusR
             failures=recent_failures(conn, collection_id=cid),
             collections=[c.name for c in list_collections(conn, tenant=tenant)],
         )
+
+
+@dataclass(frozen=True)
+class DocumentPage:
+    items: list[DocumentRecord]
+    next_cursor: str | None
+
+
+def list_documents(
+    *,
+    collection: str,
+    tenant: str = "default",
+    status: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> DocumentPage:
+    """One page of a collection's documents, oldest first; ``next_cursor`` fetches the next."""
+    from storage.collections import get_collection
+    from storage.db import connection
+    from storage.documents import list_documents as list_rows
+    from storage.migrate import ensure_schema
+
+    after = _decode_cursor(cursor) if cursor else None
+    ensure_schema()
+    with connection() as conn:
+        cid = get_collection(conn, name=collection, tenant=tenant).id
+        rows = list_rows(conn, collection_id=cid, status=status, limit=limit + 1, after=after)
+    more = len(rows) > limit
+    items = rows[:limit]
+    return DocumentPage(items, _encode_cursor(items[-1]) if more and items else None)
+
+
+@dataclass(frozen=True)
+class DocumentDetail:
+    document: DocumentRecord
+    provenance: list[dict[str, Any]]  # the first chunks' ordinal and provenance
+
+
+def get_document(document_id: str, *, collection: str, tenant: str = "default") -> DocumentDetail:
+    """A document of ``collection`` with its error, timings, metadata and a provenance summary."""
+    from storage.collections import get_collection
+    from storage.db import connection
+    from storage.documents import chunk_provenance, find_document
+    from storage.migrate import ensure_schema
+
+    ensure_schema()
+    with connection() as conn:
+        cid = get_collection(conn, name=collection, tenant=tenant).id
+        doc = find_document(conn, collection_id=cid, document_id=document_id)
+        return DocumentDetail(doc, chunk_provenance(conn, document_id=doc.id))
+
+
+def delete_document(
+    document_id: str, *, collection: str, tenant: str = "default"
+) -> DocumentRecord:
+    """Remove a document's chunks and mark it ``deleted`` (one transaction)."""
+    from storage.collections import get_collection
+    from storage.db import connection
+    from storage.documents import delete_document as delete_row
+    from storage.migrate import ensure_schema
+
+    ensure_schema()
+    with connection() as conn:
+        cid = get_collection(conn, name=collection, tenant=tenant).id
+        return delete_row(conn, collection_id=cid, document_id=document_id)
+
+
+def readiness() -> dict[str, str]:
+    """What the service needs, each ``"ok"`` or the reason it is not ready."""
+    from storage.db import connection
+
+    checks: dict[str, str] = {}
+    try:
+        with connection() as conn:
+            conn.execute("SELECT 1")
+        checks["database"] = "ok"
+    except Exception as exc:
+        reason = getattr(exc, "reason", None) or type(exc).__name__  # never the URL
+        checks["database"] = reason
+    return checks
+
+
+def _encode_cursor(doc: DocumentRecord) -> str:
+    import base64
+
+    raw = f"{doc.created_at.isoformat()}|{doc.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[Any, str]:
+    import base64
+    import binascii
+    import uuid
+    from datetime import datetime
+
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, _, doc_id = raw.partition("|")
+        when = datetime.fromisoformat(stamp)
+        if when.tzinfo is None:
+            raise ValueError("naive timestamp")
+        return when, str(uuid.UUID(doc_id))
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidRequestError("the page cursor is malformed") from None

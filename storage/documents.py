@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from ingestflow.errors import IngestError
 from ingestflow.types import DocumentStatus
 from storage.db import Conn
 
@@ -152,3 +155,113 @@ def get_document(conn: Conn, *, collection_id: int, source_uri: str) -> dict[str
         "SELECT * FROM documents WHERE collection_id = %s AND source_uri = %s",
         (collection_id, source_uri),
     ).fetchone()
+
+
+class DocumentNotFoundError(IngestError):
+    permanent = True
+
+
+@dataclass(frozen=True)
+class DocumentRecord:
+    """A document row as readers see it (the API, the CLI)."""
+
+    id: str
+    source_uri: str
+    status: str
+    error: str | None
+    attempts: int
+    chunk_count: int
+    media_type: str | None
+    size_bytes: int | None
+    sha256: str | None
+    metadata: dict[str, Any]
+    timings: dict[str, Any]
+    flow_run_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    indexed_at: datetime | None
+
+
+_RECORD_COLUMNS = (
+    "id, source_uri, status, error, attempts, chunk_count, media_type, size_bytes, sha256,"
+    " metadata, timings, flow_run_id, created_at, updated_at, indexed_at"
+)
+
+
+def _record(row: dict[str, Any]) -> DocumentRecord:
+    return DocumentRecord(**{**row, "id": str(row["id"])})
+
+
+def list_documents(
+    conn: Conn,
+    *,
+    collection_id: int,
+    status: str | None = None,
+    limit: int = 50,
+    after: tuple[datetime, str] | None = None,
+) -> list[DocumentRecord]:
+    """Documents of a collection in (created_at, id) order, starting after the keyset ``after``.
+
+    Keyset pagination: pages stay consistent while documents are added or change status.
+    """
+    after_ts, after_id = after if after else (None, None)
+    rows = conn.execute(
+        f"SELECT {_RECORD_COLUMNS} FROM documents WHERE collection_id = %(cid)s"
+        " AND (%(status)s::text IS NULL OR status = %(status)s)"
+        " AND (%(ts)s::timestamptz IS NULL OR (created_at, id) > (%(ts)s, %(id)s::uuid))"
+        " ORDER BY created_at, id LIMIT %(limit)s",
+        {"cid": collection_id, "status": status, "ts": after_ts, "id": after_id, "limit": limit},
+    ).fetchall()
+    return [_record(r) for r in rows]
+
+
+def _as_uuid(document_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(document_id))
+    except ValueError:
+        raise DocumentNotFoundError(f"document {document_id!r} does not exist") from None
+
+
+def find_document(conn: Conn, *, collection_id: int, document_id: str) -> DocumentRecord:
+    """The document ``document_id`` of this collection; one of another collection is not found."""
+    row = conn.execute(
+        f"SELECT {_RECORD_COLUMNS} FROM documents WHERE collection_id = %s AND id = %s",
+        (collection_id, _as_uuid(document_id)),
+    ).fetchone()
+    if row is None:
+        raise DocumentNotFoundError(f"document {document_id!r} does not exist")
+    return _record(row)
+
+
+def chunk_provenance(conn: Conn, *, document_id: str, limit: int = 5) -> list[dict[str, Any]]:
+    """The first chunks' ordinal and provenance (page, heading ...), a summary for readers."""
+    return conn.execute(
+        "SELECT ordinal, provenance FROM chunks WHERE document_id = %s ORDER BY ordinal LIMIT %s",
+        (_as_uuid(document_id), limit),
+    ).fetchall()
+
+
+def delete_document(conn: Conn, *, collection_id: int, document_id: str) -> DocumentRecord:
+    """Drop a document's chunks and mark it ``deleted``, in one transaction.
+
+    Deleting twice is harmless. The digest is cleared, so an ingest run that
+    claimed the document earlier cannot bring its chunks back (``replace_chunks`` skips a
+    document whose digest changed), and ingesting the source again indexes it afresh.
+    """
+    doc_id = _as_uuid(document_id)
+    with conn.transaction():
+        row = conn.execute(
+            "SELECT id FROM documents WHERE collection_id = %s AND id = %s FOR UPDATE",
+            (collection_id, doc_id),
+        ).fetchone()
+        if row is None:
+            raise DocumentNotFoundError(f"document {document_id!r} does not exist")
+        conn.execute("DELETE FROM chunks WHERE document_id = %s", (doc_id,))
+        updated = conn.execute(
+            "UPDATE documents SET status = 'deleted', chunk_count = 0, error = NULL,"
+            " sha256 = NULL, pipeline = NULL, updated_at = now() WHERE id = %s"
+            f" RETURNING {_RECORD_COLUMNS}",
+            (doc_id,),
+        ).fetchone()
+    assert updated is not None  # the row is locked above
+    return _record(updated)

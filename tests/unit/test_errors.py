@@ -10,6 +10,7 @@ import pytest
 from ingestflow import errors
 from ingestflow.errors import IngestError, is_permanent
 from storage.collections import CollectionNotFoundError
+from storage.documents import DocumentNotFoundError
 
 PERMANENT = {
     errors.ConfigError,
@@ -22,7 +23,9 @@ PERMANENT = {
     errors.EmbedRequestRejected,
     errors.CollectionMismatchError,
     errors.InvalidKeyError,
+    errors.InvalidRequestError,
     CollectionNotFoundError,
+    DocumentNotFoundError,
 }
 TRANSIENT = {errors.IngestError, errors.FetchError, errors.EmbedError, errors.StoreError}
 ALL = sorted(PERMANENT | TRANSIENT, key=lambda cls: cls.__name__)

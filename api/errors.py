@@ -1,0 +1,89 @@
+"""Every 4xx/5xx answer is JSON ``{"error": {"code": "<stable_snake_code>", "message": "..."}}``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ingestflow.errors import InvalidRequestError, StoreError
+from storage.collections import CollectionNotFoundError
+from storage.documents import DocumentNotFoundError
+
+log = logging.getLogger(__name__)
+RETRY_AFTER_SECONDS = 5
+
+
+class ApiError(Exception):
+    """Raise from a route or dependency to answer ``status`` with a stable ``code``."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    body = {"error": {"code": code, "message": message}}
+    return JSONResponse(body, status_code=status, headers=dict(headers) if headers else None)
+
+
+def _http_code(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return "http_error"
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "request"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "the request is invalid"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, "invalid_request", _validation_message(exc))
+
+    @app.exception_handler(InvalidRequestError)
+    async def invalid_input(_: Request, exc: InvalidRequestError) -> JSONResponse:
+        return error_response(422, "invalid_request", exc.reason)
+
+    @app.exception_handler(CollectionNotFoundError)
+    async def no_collection(_: Request, exc: CollectionNotFoundError) -> JSONResponse:
+        return error_response(404, "collection_not_found", exc.reason)
+
+    @app.exception_handler(DocumentNotFoundError)
+    async def no_document(_: Request, exc: DocumentNotFoundError) -> JSONResponse:
+        return error_response(404, "document_not_found", exc.reason)
+
+    @app.exception_handler(StoreError)
+    async def unavailable(_: Request, exc: StoreError) -> JSONResponse:
+        log.warning("store unavailable: %s", exc.reason)
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        return error_response(503, "service_unavailable", exc.reason, headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+        return error_response(exc.status_code, _http_code(exc.status_code), message, exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "an unexpected error occurred")

@@ -1,0 +1,1 @@
+"""The API's routers; each module is one resource."""

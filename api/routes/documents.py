@@ -1,0 +1,65 @@
+"""Documents of a collection: list (by status, paginated), get, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response
+
+from api.deps import Principal
+from api.models import ChunkProvenance, DocumentDetail, DocumentPage, DocumentSummary
+from ingestflow import service
+from ingestflow.types import DocumentStatus
+
+router = APIRouter(tags=["documents"])
+CollectionName = Annotated[str, Path(min_length=1, max_length=200)]
+DocumentId = Annotated[str, Path(min_length=1, max_length=100)]
+
+
+@router.get("/collections/{collection}/documents", response_model=DocumentPage)
+def list_documents(
+    collection: CollectionName,
+    key: Principal,
+    status: DocumentStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> DocumentPage:
+    """The collection's documents, oldest first, optionally only those in ``status``."""
+    page = service.list_documents(
+        collection=collection,
+        tenant=key.tenant,
+        status=status.value if status else None,
+        limit=limit,
+        cursor=cursor,
+    )
+    return DocumentPage(
+        items=[DocumentSummary.model_validate(d) for d in page.items],
+        next_cursor=page.next_cursor,
+    )
+
+
+@router.get("/collections/{collection}/documents/{document_id}", response_model=DocumentDetail)
+def get_document(collection: CollectionName, document_id: DocumentId, key: Principal):
+    """One document with its error, chunk count, timings, metadata and provenance summary."""
+    detail = service.get_document(document_id, collection=collection, tenant=key.tenant)
+    summary = DocumentSummary.model_validate(detail.document).model_dump()
+    doc = detail.document
+    return DocumentDetail(
+        **summary,
+        collection=collection,
+        sha256=doc.sha256,
+        attempts=doc.attempts,
+        flow_run_id=doc.flow_run_id,
+        metadata=doc.metadata,
+        timings=doc.timings,
+        provenance=[ChunkProvenance(**p) for p in detail.provenance],
+    )
+
+
+@router.delete("/collections/{collection}/documents/{document_id}", status_code=204)
+def delete_document(
+    collection: CollectionName, document_id: DocumentId, key: Principal
+) -> Response:
+    """Remove the document's chunks and mark it ``deleted``, in one transaction."""
+    service.delete_document(document_id, collection=collection, tenant=key.tenant)
+    return Response(status_code=204)

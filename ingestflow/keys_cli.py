@@ -1,0 +1,92 @@
+"""``ingestflow keys``: create, revoke and list the HTTP API's keys.
+
+A key is printed once, when it is created; only its sha256 is stored. ``list`` shows ids,
+tenants, names and dates, never a key or a hash.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+keys_app = typer.Typer(
+    help="API keys for the HTTP API, each bound to a tenant.", no_args_is_help=True
+)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _one_line_errors(fn: F) -> F:
+    """``ingestflow.cli.one_line_errors``, resolved when the command runs."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from ingestflow.cli import one_line_errors
+
+        return one_line_errors(fn)(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@keys_app.command("create")
+@_one_line_errors
+def create(
+    tenant: Annotated[str, typer.Option("--tenant", "-t", help="The tenant the key acts for.")],
+    name: Annotated[str, typer.Option("--name", "-n", help="A label, e.g. who uses it.")] = "",
+) -> None:
+    """Create a key and print it once: store it now, it cannot be shown again."""
+    from ingestflow.cli import console, err
+    from storage.api_keys import create_key
+    from storage.db import connection
+    from storage.migrate import ensure_schema
+
+    ensure_schema()
+    with connection() as conn:
+        new = create_key(conn, tenant=tenant, name=name)
+    err.print(f"created key {new.record.id} for tenant {tenant!r}; it is shown only once:")
+    console.print(new.secret, markup=False, highlight=False)
+
+
+@keys_app.command("revoke")
+@_one_line_errors
+def revoke(key_id: Annotated[int, typer.Argument(help="The key's id (see `keys list`).")]) -> None:
+    """Revoke a key; requests with it get 401 from then on."""
+    from ingestflow.cli import console
+    from storage.api_keys import revoke_key
+    from storage.db import connection
+    from storage.migrate import ensure_schema
+
+    ensure_schema()
+    with connection() as conn:
+        record = revoke_key(conn, key_id=key_id)
+    if record is None:
+        raise ValueError(f"no key has id {key_id}")
+    console.print(f"revoked key {record.id} (tenant {record.tenant!r})", markup=False)
+
+
+@keys_app.command("list")
+@_one_line_errors
+def list_(
+    tenant: Annotated[
+        str | None, typer.Option("--tenant", "-t", help="Only this tenant's.")
+    ] = None,
+) -> None:
+    """The keys: id, tenant, name, created, revoked. Never the keys themselves."""
+    from rich.table import Table
+
+    from ingestflow.cli import console
+    from storage.api_keys import list_keys
+    from storage.db import connection
+    from storage.migrate import ensure_schema
+
+    ensure_schema()
+    with connection() as conn:
+        keys = list_keys(conn, tenant=tenant)
+    table = Table("id", "tenant", "name", "created", "revoked")
+    for k in keys:
+        revoked = k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else ""
+        created = k.created_at.isoformat(timespec="seconds")
+        table.add_row(str(k.id), k.tenant, k.name, created, revoked)
+    console.print(table)
