@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import warnings
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from ingestflow.errors import IngestError
+from ingestflow.cli_support import console, err, one_line_errors
 from ingestflow.keys_cli import keys_app
 from ingestflow.storage_cli import storage_app
 
@@ -25,10 +22,6 @@ eval_app = typer.Typer(help="Retrieval quality.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 app.add_typer(storage_app, name="storage")
 app.add_typer(keys_app, name="keys")
-# soft_wrap: long paths and reasons stay on one line when output goes to a file or a pipe.
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 @app.callback()
@@ -39,25 +32,6 @@ def main(
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-
-
-def one_line_errors(fn: F) -> F:
-    """Print errors as one clear line and exit 1; INGESTFLOW_DEBUG=1 shows the traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
-            raise
-        except Exception as exc:
-            if os.environ.get("INGESTFLOW_DEBUG"):
-                raise
-            text = exc.reason if isinstance(exc, IngestError) else f"{type(exc).__name__}: {exc}"
-            err.print(f"[red]error:[/red] {text.splitlines()[0] if text else type(exc).__name__}")
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 @app.command()

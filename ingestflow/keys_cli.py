@@ -6,38 +6,24 @@ tenants, names and dates, never a key or a hash.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
+
+from ingestflow.cli_support import console, err, one_line_errors
 
 keys_app = typer.Typer(
     help="API keys for the HTTP API, each bound to a tenant.", no_args_is_help=True
 )
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _one_line_errors(fn: F) -> F:
-    """``ingestflow.cli.one_line_errors``, resolved when the command runs."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from ingestflow.cli import one_line_errors
-
-        return one_line_errors(fn)(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
 
 
 @keys_app.command("create")
-@_one_line_errors
+@one_line_errors
 def create(
     tenant: Annotated[str, typer.Option("--tenant", "-t", help="The tenant the key acts for.")],
     name: Annotated[str, typer.Option("--name", "-n", help="A label, e.g. who uses it.")] = "",
 ) -> None:
     """Create a key and print it once: store it now, it cannot be shown again."""
-    from ingestflow.cli import console, err
     from storage.api_keys import create_key
     from storage.db import connection
     from storage.migrate import ensure_schema
@@ -50,10 +36,9 @@ def create(
 
 
 @keys_app.command("revoke")
-@_one_line_errors
+@one_line_errors
 def revoke(key_id: Annotated[int, typer.Argument(help="The key's id (see `keys list`).")]) -> None:
     """Revoke a key; requests with it get 401 from then on."""
-    from ingestflow.cli import console
     from storage.api_keys import revoke_key
     from storage.db import connection
     from storage.migrate import ensure_schema
@@ -67,7 +52,7 @@ def revoke(key_id: Annotated[int, typer.Argument(help="The key's id (see `keys l
 
 
 @keys_app.command("list")
-@_one_line_errors
+@one_line_errors
 def list_(
     tenant: Annotated[
         str | None, typer.Option("--tenant", "-t", help="Only this tenant's.")
@@ -76,7 +61,6 @@ def list_(
     """The keys: id, tenant, name, created, revoked. Never the keys themselves."""
     from rich.table import Table
 
-    from ingestflow.cli import console
     from storage.api_keys import list_keys
     from storage.db import connection
     from storage.migrate import ensure_schema

@@ -1,40 +1,25 @@
 """``ingestflow storage``: register a bucket as a source, list a prefix, presign an upload.
 
-A thin adapter over ``ingestflow.service``. ``ingestflow.cli`` imports this module to add the
-group, so the shared helpers (consoles, one-line errors) are looked up from it when a command
-runs, not at import.
+A thin adapter over ``ingestflow.service``.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from datetime import UTC
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
+
+from ingestflow.cli_support import console, err, one_line_errors
 
 storage_app = typer.Typer(
     help="Object stores: register a bucket, list a prefix, presign an upload.",
     no_args_is_help=True,
 )
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _one_line_errors(fn: F) -> F:
-    """``ingestflow.cli.one_line_errors``, resolved when the command runs."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from ingestflow.cli import one_line_errors
-
-        return one_line_errors(fn)(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
 
 
 @storage_app.command("add")
-@_one_line_errors
+@one_line_errors
 def add(
     name: Annotated[str, typer.Argument(help="Name of the Prefect credentials block.")],
     uri: Annotated[str, typer.Argument(help="Bucket or prefix: s3://, gs:// or az://.")],
@@ -52,7 +37,6 @@ def add(
     AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), GOOGLE_APPLICATION_CREDENTIALS (a service-account
     key file), AZURE_STORAGE_CONNECTION_STRING. It is saved only if the listing works.
     """
-    from ingestflow.cli import console
     from ingestflow.service import add_storage
 
     reg = add_storage(name, uri, endpoint_url=endpoint_url, region=region, replace=replace)
@@ -69,13 +53,12 @@ def add(
 
 
 @storage_app.command("ls")
-@_one_line_errors
+@one_line_errors
 def ls(
     uri: Annotated[str, typer.Argument(help="Prefix: s3://, gs://, az:// or a folder.")],
     limit: Annotated[int, typer.Option(min=1, help="Most objects to show.")] = 100,
 ) -> None:
     """List objects under URI: uri, size in bytes, modified time (UTC), tab-separated."""
-    from ingestflow.cli import err
     from ingestflow.service import list_storage
 
     shown = 0
@@ -91,7 +74,7 @@ def ls(
 
 
 @storage_app.command("presign")
-@_one_line_errors
+@one_line_errors
 def presign(
     uri: Annotated[str, typer.Argument(help="The object to upload: s3://bucket/key.")],
     expires: Annotated[int, typer.Option(min=1, max=604800, help="Seconds the URL works.")] = 3600,
