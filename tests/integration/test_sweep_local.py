@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.db import consistency_problems, document_rows
+from tests.support.db import consistency_problems, statuses
 
 
 @pytest.fixture
@@ -23,10 +23,6 @@ def sweep(folder: Path, collection: str, **kwargs):
     from flows import sweep_bucket
 
     return sweep_bucket(str(folder), collection=collection, **kwargs)
-
-
-def statuses(collection: str) -> dict[str, str]:
-    return {u.rsplit("/", 1)[-1]: r["status"] for u, r in document_rows(collection).items()}
 
 
 def test_first_sweep_adds_everything_and_second_changes_nothing(pipeline, collection, bucket):

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import reset_caches
-from tests.support.db import consistency_problems, document_rows
+from tests.support.db import consistency_problems, document_rows, statuses
 from tests.support.emulators import BUCKET, MOTO_REGION, Emulator, make_store_target
 
 
@@ -75,10 +75,6 @@ def sweep(bucket: Bucket, collection: str, **kwargs: Any):
     from flows import sweep_bucket
 
     return sweep_bucket(bucket.prefix, collection=collection, **kwargs)
-
-
-def statuses(collection: str) -> dict[str, str]:
-    return {u.rsplit("/", 1)[-1]: r["status"] for u, r in document_rows(collection).items()}
 
 
 def test_first_sweep_adds_everything_and_second_changes_nothing(pipeline, collection, bucket):

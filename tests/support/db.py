@@ -64,3 +64,8 @@ def consistency_problems(collection: str) -> list[str]:
             if rows:
                 problems.append(f"{name}: {len(rows)}")
     return problems
+
+
+def statuses(collection: str) -> dict[str, str]:
+    """Document statuses of ``collection`` by file name (the last part of the source URI)."""
+    return {u.rsplit("/", 1)[-1]: r["status"] for u, r in document_rows(collection).items()}
