@@ -1,6 +1,7 @@
 """Prefect flows: composition of the tasks in ``tasks/``."""
 
+from flows.delete import delete_documents
 from flows.ingest import ingest_batch, ingest_document
 from flows.sweep import sweep_bucket
 
-__all__ = ["ingest_batch", "ingest_document", "sweep_bucket"]
+__all__ = ["delete_documents", "ingest_batch", "ingest_document", "sweep_bucket"]

@@ -47,8 +47,9 @@ def ingest_document(
     metadata: dict[str, Any] | None = None,
     force: bool = False,
     password: SecretStr | None = None,
+    tenant: str = "default",
 ) -> IngestResult:
-    """Ingest one document (a path or URI) into ``collection``.
+    """Ingest one document (a path or URI) into ``collection`` of ``tenant``.
 
     Identical bytes already indexed are skipped as ``unchanged`` unless ``force``; changed
     bytes replace the document's chunks atomically. A bad document ends ``failed`` with a
@@ -62,6 +63,7 @@ def ingest_document(
         force=force,
         batch_size=1,
         password=password,
+        tenant=tenant,
     )
 
 
@@ -73,6 +75,7 @@ def ingest_batch(
     force: bool = False,
     batch_size: int | None = None,
     password: SecretStr | None = None,
+    tenant: str = "default",
 ) -> IngestResult:
     """Ingest many documents in one flow run, ``batch_size`` documents per micro-batch.
 
@@ -87,6 +90,7 @@ def ingest_batch(
         force=force,
         batch_size=size,
         password=password,
+        tenant=tenant,
     )
 
 
@@ -98,6 +102,7 @@ def _ingest(
     force: bool,
     batch_size: int,
     password: SecretStr | None,
+    tenant: str,
 ) -> IngestResult:
     unique = unique_sources(sources)
     batches = (unique[i : i + batch_size] for i in range(0, len(unique), batch_size))
@@ -108,6 +113,7 @@ def _ingest(
         force=force,
         total=len(unique),
         password=password.get_secret_value() if password else None,
+        tenant=tenant,
     )
 
 
@@ -119,6 +125,7 @@ def ingest_batches(
     force: bool = False,
     total: int | None = None,
     password: str | None = None,
+    tenant: str = "default",
 ) -> IngestResult:
     """Run the stages over each micro-batch of sources as it arrives; call inside a flow.
 
@@ -127,7 +134,7 @@ def ingest_batches(
     """
     ensure_schema()
     embedder = get_embedder()
-    coll = open_collection(collection, embedder)
+    coll = open_collection(collection, embedder, tenant=tenant)
     tracker = _Tracker(total)
     public, password = split_password(metadata, password)
     with tempfile.TemporaryDirectory(prefix="ingestflow-") as tmp:
@@ -172,12 +179,13 @@ def pipeline_fingerprint(ingest: IngestSettings) -> str:
     )
 
 
-def open_collection(name: str, embedder: Embedder) -> Collection:
+def open_collection(name: str, embedder: Embedder, *, tenant: str = "default") -> Collection:
     """The collection, created for ``embedder`` on first use; a different model is an error."""
     with transaction() as conn:
         return ensure_collection(
             conn,
             name=name,
+            tenant=tenant,
             provider=embedder.provider,
             model=embedder.model,
             dimension=embedder.dimension,

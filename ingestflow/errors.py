@@ -92,3 +92,10 @@ class InvalidRequestError(IngestError, ValueError):
 def is_permanent(exc: BaseException) -> bool:
     """True for errors that a retry cannot fix."""
     return isinstance(exc, IngestError) and exc.permanent
+
+
+class BackendUnavailableError(IngestError):
+    """The queue backend (Prefect server, Redis) cannot take or report work right now.
+
+    Nothing is lost: the documents stay ``queued`` and are submitted again later.
+    """

@@ -117,6 +117,48 @@ class SweepSettings(BaseSettings):
     max_delete_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
 
 
+class QueueSettings(BaseSettings):
+    """Which queue backend runs jobs, and how to reach it."""
+
+    model_config = SettingsConfigDict(env_prefix="INGESTFLOW_QUEUE_", extra="ignore")
+
+    backend: Literal["prefect", "celery"] = Field(
+        default="prefect",
+        validation_alias=AliasChoices("QUEUE_BACKEND", "INGESTFLOW_QUEUE_BACKEND"),
+    )
+    redis_url: SecretStr = Field(
+        default=SecretStr("redis://127.0.0.1:6379/0"),
+        validation_alias=AliasChoices("REDIS_URL", "INGESTFLOW_QUEUE_REDIS_URL"),
+        description="Celery's broker and result backend.",
+    )
+    prefect_ui_url: str | None = Field(
+        default=None,
+        description="Base URL of the Prefect UI for job links; derived from PREFECT_API_URL if unset.",
+    )
+    stuck_after_seconds: int = Field(
+        default=900,
+        gt=0,
+        description="A queued or processing document whose job ended this long ago is re-queued.",
+    )
+
+
+class ApiSettings(BaseSettings):
+    """The HTTP API: where uploads are kept, how big they may be, which URIs it may ingest."""
+
+    model_config = SettingsConfigDict(env_prefix="INGESTFLOW_API_", extra="ignore")
+
+    upload_uri: str = Field(
+        default_factory=lambda: (Path(user_data_dir("ingestflow")) / "uploads").as_uri(),
+        description="Store prefix (folder, s3://, gs://, az://) that uploads are streamed to.",
+    )
+    max_upload_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
+    max_files_per_request: int = Field(default=1000, gt=0)
+    file_roots: list[Path] = Field(
+        default_factory=list,
+        description="Local folders whose files may be ingested by URI; none by default.",
+    )
+
+
 class Settings:
     """The settings of every concern, built on first access."""
 
@@ -126,6 +168,8 @@ class Settings:
         self.embedding = EmbeddingSettings()
         self.store = StoreSettings()
         self.sweep = SweepSettings()
+        self.queue = QueueSettings()
+        self.api = ApiSettings()
 
 
 @lru_cache(maxsize=1)

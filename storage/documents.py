@@ -64,7 +64,9 @@ def claim_document(
         " pipeline = excluded.pipeline,"
         " size_bytes = excluded.size_bytes, status = 'processing', error = NULL,"
         " attempts = documents.attempts + 1, flow_run_id = excluded.flow_run_id,"
-        " metadata = excluded.metadata, updated_at = now()"
+        " metadata = CASE WHEN documents.status = 'queued'"
+        " THEN documents.metadata || excluded.metadata ELSE excluded.metadata END,"
+        " error_code = NULL, updated_at = now()"
         " RETURNING id, chunk_count",
         (collection_id, source_uri, sha256, pipeline, size, flow_run_id, Jsonb(metadata)),
     ).fetchone()
@@ -113,17 +115,19 @@ def record_failure(
     error: str,
     flow_run_id: str | None,
     metadata: dict[str, Any] | None = None,
+    error_code: str | None = None,
 ) -> str:
     """Mark a source ``failed`` with a human-readable reason; its existing chunks are kept."""
     row = conn.execute(
-        "INSERT INTO documents (collection_id, source_uri, status, error, attempts, flow_run_id,"
-        " metadata) VALUES (%s, %s, 'failed', %s, 1, %s, %s)"
+        "INSERT INTO documents (collection_id, source_uri, status, error, error_code, attempts,"
+        " flow_run_id, metadata) VALUES (%s, %s, 'failed', %s, %s, 1, %s, %s)"
         " ON CONFLICT (collection_id, source_uri) DO UPDATE SET status = 'failed',"
-        " error = excluded.error, flow_run_id = excluded.flow_run_id, updated_at = now(),"
+        " error = excluded.error, error_code = excluded.error_code,"
+        " flow_run_id = excluded.flow_run_id, updated_at = now(),"
         " attempts = CASE WHEN documents.status = 'processing' THEN documents.attempts"
         " ELSE documents.attempts + 1 END"
         " RETURNING id",
-        (collection_id, source_uri, error, flow_run_id, Jsonb(metadata or {})),
+        (collection_id, source_uri, error, error_code, flow_run_id, Jsonb(metadata or {})),
     ).fetchone()
     assert row is not None  # an upsert with RETURNING always returns its row
     return str(row["id"])
@@ -180,11 +184,15 @@ class DocumentRecord:
     created_at: datetime
     updated_at: datetime
     indexed_at: datetime | None
+    job_id: str | None = None
+    error_code: str | None = None
+    embedding_tokens: int = 0
 
 
 _RECORD_COLUMNS = (
     "id, source_uri, status, error, attempts, chunk_count, media_type, size_bytes, sha256,"
-    " metadata, timings, flow_run_id, created_at, updated_at, indexed_at"
+    " metadata, timings, flow_run_id, created_at, updated_at, indexed_at, job_id, error_code,"
+    " embedding_tokens"
 )
 
 

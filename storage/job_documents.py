@@ -1,0 +1,141 @@
+"""Documents seen through jobs: queueing them, tying them to the job that takes them, and
+reading a job's progress back. There is no job table; a job is the documents that name it."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from storage.db import Conn
+from storage.documents import _RECORD_COLUMNS, DocumentRecord, _record
+
+
+def enqueue_document(
+    conn: Conn,
+    *,
+    collection_id: int,
+    source_uri: str,
+    metadata: dict[str, Any],
+    sha256: str | None = None,
+    size: int | None = None,
+) -> DocumentRecord:
+    """Create or reset the row of ``source_uri`` as ``queued``, before any job takes it.
+
+    Existing chunks stay searchable until a run replaces them.
+    """
+    row = conn.execute(
+        "INSERT INTO documents (collection_id, source_uri, sha256, size_bytes, status, metadata)"
+        " VALUES (%s, %s, %s, %s, 'queued', %s)"
+        " ON CONFLICT (collection_id, source_uri) DO UPDATE SET status = 'queued',"
+        " error = NULL, error_code = NULL, job_id = NULL, metadata = excluded.metadata,"
+        " sha256 = COALESCE(excluded.sha256, documents.sha256),"
+        " size_bytes = COALESCE(excluded.size_bytes, documents.size_bytes), updated_at = now()"
+        f" RETURNING {_RECORD_COLUMNS}",
+        (collection_id, source_uri, sha256, size, Jsonb(metadata)),
+    ).fetchone()
+    assert row is not None  # an upsert with RETURNING always returns its row
+    return _record(row)
+
+
+def find_by_sha256(conn: Conn, *, collection_id: int, sha256: str) -> DocumentRecord | None:
+    """A live document of the collection with these bytes: indexed first, then in progress."""
+    row = conn.execute(
+        f"SELECT {_RECORD_COLUMNS} FROM documents WHERE collection_id = %s AND sha256 = %s"
+        " AND status IN ('indexed', 'unchanged', 'queued', 'processing')"
+        " ORDER BY status IN ('indexed', 'unchanged') DESC, created_at LIMIT 1",
+        (collection_id, sha256),
+    ).fetchone()
+    return _record(row) if row else None
+
+
+def assign_job(conn: Conn, *, document_ids: list[str], job_id: str) -> None:
+    """Record that ``job_id`` now carries these documents."""
+    conn.execute(
+        "UPDATE documents SET job_id = %s, updated_at = now() WHERE id = ANY(%s)",
+        (job_id, [uuid.UUID(d) for d in document_ids]),
+    )
+
+
+def job_documents(conn: Conn, *, job_id: str, tenant: str) -> list[DocumentRecord]:
+    """The tenant's documents carried by ``job_id`` (none if the job is another tenant's)."""
+    rows = conn.execute(
+        f"SELECT {', '.join('d.' + c.strip() for c in _RECORD_COLUMNS.split(','))}"
+        " FROM documents d JOIN collections c ON c.id = d.collection_id"
+        " WHERE d.job_id = %s AND c.tenant = %s ORDER BY d.created_at, d.id",
+        (job_id, tenant),
+    ).fetchall()
+    return [_record(r) for r in rows]
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """A job as the documents table sees it."""
+
+    job_id: str
+    collection: str
+    documents: int
+    first_seen: datetime
+    last_update: datetime
+
+
+def list_job_rows(
+    conn: Conn,
+    *,
+    tenant: str,
+    collection: str | None = None,
+    limit: int = 50,
+    before: datetime | None = None,
+) -> list[JobRow]:
+    """The tenant's jobs, most recently active first, ``limit`` at a time."""
+    rows = conn.execute(
+        "SELECT d.job_id, c.name AS collection, count(*) AS documents,"
+        " min(d.created_at) AS first_seen, max(d.updated_at) AS last_update"
+        " FROM documents d JOIN collections c ON c.id = d.collection_id"
+        " WHERE c.tenant = %(tenant)s AND d.job_id IS NOT NULL"
+        " AND (%(coll)s::text IS NULL OR c.name = %(coll)s)"
+        " GROUP BY d.job_id, c.name"
+        " HAVING (%(before)s::timestamptz IS NULL OR max(d.updated_at) < %(before)s)"
+        " ORDER BY max(d.updated_at) DESC LIMIT %(limit)s",
+        {"tenant": tenant, "coll": collection, "before": before, "limit": limit},
+    ).fetchall()
+    return [JobRow(**r) for r in rows]
+
+
+def fail_unfinished(conn: Conn, *, job_id: str, reason: str, code: str) -> int:
+    """Mark the job's documents that are still queued or processing ``failed``; their old
+    chunks are kept. Returns how many."""
+    cur = conn.execute(
+        "UPDATE documents SET status = 'failed', error = %s, error_code = %s, updated_at = now()"
+        " WHERE job_id = %s AND status IN ('queued', 'processing')",
+        (reason, code, job_id),
+    )
+    return cur.rowcount
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A document waiting for a job: never submitted, or its job may have died."""
+
+    document_id: str
+    tenant: str
+    collection: str
+    source_uri: str
+    status: str
+    job_id: str | None
+
+
+def waiting_documents(conn: Conn, *, idle_seconds: float, limit: int = 1000) -> list[Waiting]:
+    """Documents ``queued`` or ``processing`` with no change for ``idle_seconds``."""
+    rows = conn.execute(
+        "SELECT d.id::text AS document_id, c.tenant, c.name AS collection, d.source_uri,"
+        " d.status, d.job_id FROM documents d JOIN collections c ON c.id = d.collection_id"
+        " WHERE d.status IN ('queued', 'processing')"
+        " AND d.updated_at < now() - make_interval(secs => %s)"
+        " ORDER BY d.updated_at LIMIT %s",
+        (idle_seconds, limit),
+    ).fetchall()
+    return [Waiting(**r) for r in rows]
