@@ -13,11 +13,11 @@ from fastapi import APIRouter, Depends, FastAPI
 from api.deps import authenticate
 from api.errors import install_error_handlers
 from api.models import ErrorResponse
-from api.routes import documents, ops, search
+from api.routes import documents, jobs, ops, search, uploads
 from ingestflow import __version__
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (401, 404, 422, 503)
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 415, 422, 503)
 }
 
 
@@ -26,7 +26,9 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     app.include_router(ops.router)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)], responses=_ERRORS)
+    v1.include_router(uploads.router)
     v1.include_router(documents.router)
+    v1.include_router(jobs.router)
     v1.include_router(search.router)
     app.include_router(v1)
     return app

@@ -11,7 +11,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ingestflow.errors import InvalidRequestError, StoreError
+from api.multipart import MultipartError
+from ingestflow.errors import (
+    BackendUnavailableError,
+    CollectionMismatchError,
+    InvalidRequestError,
+    StoreError,
+    TooLargeError,
+)
+from ingestflow.jobs import JobConflictError, JobNotFoundError
+from ingestflow.uploads import UriNotAllowedError
 from storage.collections import CollectionNotFoundError
 from storage.documents import DocumentNotFoundError
 
@@ -62,7 +71,35 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(InvalidRequestError)
     async def invalid_input(_: Request, exc: InvalidRequestError) -> JSONResponse:
+        if isinstance(exc, MultipartError):
+            status = 415 if exc.code == "not_multipart" else 400
+            return error_response(status, exc.code, exc.reason)
+        if isinstance(exc, UriNotAllowedError):
+            return error_response(422, "uri_not_allowed", exc.reason)
         return error_response(422, "invalid_request", exc.reason)
+
+    @app.exception_handler(TooLargeError)
+    async def too_large(_: Request, exc: TooLargeError) -> JSONResponse:
+        return error_response(413, "too_large", exc.reason, {"Connection": "close"})
+
+    @app.exception_handler(JobNotFoundError)
+    async def no_job(_: Request, exc: JobNotFoundError) -> JSONResponse:
+        return error_response(404, "job_not_found", exc.reason)
+
+    @app.exception_handler(JobConflictError)
+    async def job_conflict(_: Request, exc: JobConflictError) -> JSONResponse:
+        return error_response(409, "job_conflict", exc.reason)
+
+    @app.exception_handler(CollectionMismatchError)
+    async def mismatch(_: Request, exc: CollectionMismatchError) -> JSONResponse:
+        return error_response(409, "collection_mismatch", exc.reason)
+
+    @app.exception_handler(BackendUnavailableError)
+    async def backend_down(_: Request, exc: BackendUnavailableError) -> JSONResponse:
+        log.warning("queue backend unavailable: %s", exc.reason)
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        message = f"{exc.reason}; queued documents are kept and submitted when it is back"
+        return error_response(503, "backend_unavailable", message, headers)
 
     @app.exception_handler(CollectionNotFoundError)
     async def no_collection(_: Request, exc: CollectionNotFoundError) -> JSONResponse:

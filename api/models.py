@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -78,3 +78,92 @@ class SearchHit(BaseModel):
 
 class SearchResponse(BaseModel):
     hits: list[SearchHit]
+
+
+class UploadAccepted(BaseModel):
+    document: DocumentSummary
+    job_id: str | None = Field(description="The ingest job; null if nothing had to run.")
+    status_url: str | None = Field(description="Where the job's progress is: GET it.")
+    duplicate: bool = Field(description="Identical bytes were already in the collection.")
+
+
+class Rejected(BaseModel):
+    filename: str
+    code: str
+    message: str
+
+
+class BulkAccepted(BaseModel):
+    operation_id: str | None = Field(
+        description="The batch's ingest job (an operation is its job); null if all duplicates."
+    )
+    status_url: str | None
+    documents: list[UploadAccepted]
+    rejected: list[Rejected] = Field(description="Files that were not taken, with the reason.")
+
+
+class IngestUriRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    uri: str = Field(min_length=1, max_length=4096, description="s3://, gs://, az:// ...")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    priority: Literal["high", "normal", "low"] = "normal"
+    force: bool = False
+
+
+class DeleteDocumentsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[str] = Field(min_length=1, max_length=1000)
+    mode: Literal["job", "now"] = Field(
+        default="job", description="`job`: a delete job (202); `now`: in this request (200)."
+    )
+
+
+class DeleteNowResult(BaseModel):
+    deleted: list[str]
+    missing: list[str]
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status_url: str
+
+
+class JobErrorModel(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    document_id: str
+    source_uri: str
+    code: str | None
+    message: str
+
+
+class JobProgress(BaseModel):
+    documents_total: int
+    documents_done: int
+    documents_failed: int
+    chunks: int
+
+
+class Job(BaseModel):
+    id: str
+    state: str = Field(
+        description="queued, running, completed, failed, cancelling, cancelled or unknown."
+    )
+    kind: str | None = Field(description="ingest or delete; null if the backend forgot it.")
+    collection: str
+    progress: JobProgress
+    errors: list[JobErrorModel]
+    created_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    flow_run_id: str | None
+    flow_run_url: str | None = Field(description="The run in the Prefect UI.")
+    message: str | None
+    document_ids: list[str]
+
+
+class JobPage(BaseModel):
+    items: list[Job]
+    next_cursor: str | None

@@ -115,7 +115,9 @@ class QueueBackend(Protocol):
 _BACKENDS: dict[str, Callable[[], QueueBackend]] = {}
 
 
-def register_backend(name: str) -> Callable[[Callable[[], QueueBackend]], Callable[[], QueueBackend]]:
+def register_backend(
+    name: str,
+) -> Callable[[Callable[[], QueueBackend]], Callable[[], QueueBackend]]:
     """Register a backend factory under ``name`` (built-ins use this too)."""
 
     def decorate(factory: Callable[[], QueueBackend]) -> Callable[[], QueueBackend]:

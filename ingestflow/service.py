@@ -226,16 +226,61 @@ def get_document(document_id: str, *, collection: str, tenant: str = "default") 
 def delete_document(
     document_id: str, *, collection: str, tenant: str = "default"
 ) -> DocumentRecord:
-    """Remove a document's chunks and mark it ``deleted`` (one transaction)."""
+    """Remove a document's chunks and mark it ``deleted`` (one transaction), then remove its
+    uploaded copy from the upload store (objects in a user's own bucket are left alone)."""
+    from flows.delete import delete_one
     from storage.collections import get_collection
     from storage.db import connection
-    from storage.documents import delete_document as delete_row
+    from storage.documents import find_document
     from storage.migrate import ensure_schema
 
     ensure_schema()
     with connection() as conn:
         cid = get_collection(conn, name=collection, tenant=tenant).id
-        return delete_row(conn, collection_id=cid, document_id=document_id)
+    delete_one(document_id, collection_id=cid)
+    with connection() as conn:
+        return find_document(conn, collection_id=cid, document_id=document_id)
+
+
+def delete_documents_now(
+    document_ids: list[str], *, collection: str, tenant: str = "default"
+) -> tuple[list[str], list[str]]:
+    """Delete documents in this call; returns (deleted ids, ids not in the collection)."""
+    from flows.delete import delete_one
+    from storage.collections import get_collection
+    from storage.db import connection
+    from storage.documents import DocumentNotFoundError
+    from storage.migrate import ensure_schema
+
+    ensure_schema()
+    with connection() as conn:
+        cid = get_collection(conn, name=collection, tenant=tenant).id
+    deleted, missing = [], []
+    for document_id in dict.fromkeys(document_ids):
+        try:
+            delete_one(document_id, collection_id=cid)
+            deleted.append(document_id)
+        except DocumentNotFoundError:
+            missing.append(document_id)
+    return deleted, missing
+
+
+def submit_delete(document_ids: list[str], *, collection: str, tenant: str = "default") -> str:
+    """Queue a delete job for documents of the collection; returns the job id. Ids that are
+    not the collection's are refused up front (``DocumentNotFoundError``)."""
+    from deployments.submit import submit_delete as submit
+    from storage.collections import get_collection
+    from storage.db import connection
+    from storage.documents import find_document
+    from storage.migrate import ensure_schema
+
+    ensure_schema()
+    ids = list(dict.fromkeys(document_ids))
+    with connection() as conn:
+        cid = get_collection(conn, name=collection, tenant=tenant).id
+        for document_id in ids:
+            find_document(conn, collection_id=cid, document_id=document_id)
+    return submit(tenant=tenant, collection=collection, document_ids=ids)
 
 
 def readiness() -> dict[str, str]:

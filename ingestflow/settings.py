@@ -133,7 +133,7 @@ class QueueSettings(BaseSettings):
     )
     prefect_ui_url: str | None = Field(
         default=None,
-        description="Base URL of the Prefect UI for job links; derived from PREFECT_API_URL if unset.",
+        description="Prefect UI base URL for job links; from PREFECT_API_URL if unset.",
     )
     stuck_after_seconds: int = Field(
         default=900,

@@ -60,15 +60,41 @@ def assign_job(conn: Conn, *, document_ids: list[str], job_id: str) -> None:
     )
 
 
-def job_documents(conn: Conn, *, job_id: str, tenant: str) -> list[DocumentRecord]:
-    """The tenant's documents carried by ``job_id`` (none if the job is another tenant's)."""
+@dataclass(frozen=True)
+class JobDocuments:
+    """The documents a job carries; a job never spans collections."""
+
+    collection: str
+    documents: list[DocumentRecord]
+
+
+_QUALIFIED = ", ".join("d." + c.strip() for c in _RECORD_COLUMNS.split(","))
+
+
+def job_documents(conn: Conn, *, job_id: str, tenant: str) -> JobDocuments | None:
+    """The tenant's documents carried by ``job_id``; None if there are none (or the job is
+    another tenant's)."""
     rows = conn.execute(
-        f"SELECT {', '.join('d.' + c.strip() for c in _RECORD_COLUMNS.split(','))}"
+        f"SELECT c.name AS collection_name, {_QUALIFIED}"
         " FROM documents d JOIN collections c ON c.id = d.collection_id"
         " WHERE d.job_id = %s AND c.tenant = %s ORDER BY d.created_at, d.id",
         (job_id, tenant),
     ).fetchall()
-    return [_record(r) for r in rows]
+    if not rows:
+        return None
+    collection = rows[0].pop("collection_name")
+    for row in rows[1:]:
+        row.pop("collection_name")
+    return JobDocuments(collection, [_record(r) for r in rows])
+
+
+def requeue_documents(conn: Conn, *, document_ids: list[str]) -> None:
+    """Put documents back to ``queued`` for another job (a retry)."""
+    conn.execute(
+        "UPDATE documents SET status = 'queued', error = NULL, error_code = NULL,"
+        " updated_at = now() WHERE id = ANY(%s)",
+        ([uuid.UUID(d) for d in document_ids],),
+    )
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,22 @@
-"""Documents of a collection: list (by status, paginated), get, delete."""
+"""Documents of a collection: list (by status, paginated), get, delete one or many."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
+from fastapi.responses import JSONResponse
 
 from api.deps import Principal
-from api.models import ChunkProvenance, DocumentDetail, DocumentPage, DocumentSummary
+from api.models import (
+    ChunkProvenance,
+    DeleteDocumentsRequest,
+    DeleteNowResult,
+    DocumentDetail,
+    DocumentPage,
+    DocumentSummary,
+    JobAccepted,
+)
 from ingestflow import service
 from ingestflow.types import DocumentStatus
 
@@ -60,6 +69,27 @@ def get_document(collection: CollectionName, document_id: DocumentId, key: Princ
 def delete_document(
     collection: CollectionName, document_id: DocumentId, key: Principal
 ) -> Response:
-    """Remove the document's chunks and mark it ``deleted``, in one transaction."""
+    """Remove the document's chunks and mark it ``deleted`` (one transaction), and its
+    uploaded copy."""
     service.delete_document(document_id, collection=collection, tenant=key.tenant)
     return Response(status_code=204)
+
+
+@router.post(
+    "/collections/{collection}/documents:delete",
+    response_model=JobAccepted | DeleteNowResult,
+    status_code=202,
+    responses={200: {"model": DeleteNowResult, "description": "mode=now: deleted already."}},
+)
+def delete_documents(collection: CollectionName, body: DeleteDocumentsRequest, key: Principal):
+    """Delete many documents: as a delete job (202, the default) or in this request (200).
+    Ids that do not exist in the collection are reported, not errors."""
+    if body.mode == "now":
+        deleted, missing = service.delete_documents_now(
+            body.ids, collection=collection, tenant=key.tenant
+        )
+        return JSONResponse(
+            DeleteNowResult(deleted=deleted, missing=missing).model_dump(), status_code=200
+        )
+    job_id = service.submit_delete(body.ids, collection=collection, tenant=key.tenant)
+    return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}")

@@ -1,0 +1,276 @@
+"""Documents coming in: one streamed upload, many in one request, a URI, or PDFs to merge.
+
+Bodies are read as a stream (``api.multipart``): each file goes straight into the upload store
+while its sha256 and size are computed, so a request is never held whole in memory and an
+oversized file is stopped as soon as it passes the limit (413).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from api.deps import Principal
+from api.models import (
+    BulkAccepted,
+    DocumentSummary,
+    IngestUriRequest,
+    Rejected,
+    UploadAccepted,
+)
+from api.multipart import MultipartError, Part, iter_parts, safe_filename
+from api.routes.documents import CollectionName
+from deployments.queue import Priority
+from ingestflow import uploads
+from ingestflow.errors import IngestError, InvalidRequestError, TooLargeError
+from ingestflow.settings import get_settings
+from storage.collections import Collection
+
+router = APIRouter(tags=["documents"])
+
+PriorityParam = Annotated[Priority, Query(description="high, normal or low.")]
+ForceParam = Annotated[bool, Query(description="Re-ingest even if the bytes are known.")]
+
+
+def _multipart_body(*, many: bool, description: str) -> dict[str, Any]:
+    """OpenAPI for a multipart body the route reads as a stream (so FastAPI cannot infer it)."""
+    file_schema = {"type": "string", "format": "binary"}
+    files = {"type": "array", "items": file_schema} if many else file_schema
+    field = "files" if many else "file"
+    properties = {
+        field: files,
+        "metadata": {"type": "string", "description": "A JSON object stored on the document."},
+    }
+    schema = {"type": "object", "properties": properties, "required": [field]}
+    return {
+        "requestBody": {
+            "required": True,
+            "description": description,
+            "content": {"multipart/form-data": {"schema": schema}},
+        }
+    }
+
+
+def _status_url(job_id: str | None) -> str | None:
+    return f"/v1/jobs/{job_id}" if job_id else None
+
+
+def _accepted(item: uploads.Accepted) -> UploadAccepted:
+    return UploadAccepted(
+        document=DocumentSummary.model_validate(item.document),
+        job_id=item.job_id,
+        status_url=_status_url(item.job_id),
+        duplicate=item.duplicate,
+    )
+
+
+def _check_length(request: Request, limit: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
+        raise TooLargeError(f"the upload is larger than the limit of {limit} bytes")
+
+
+def _parse_metadata(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError:
+        raise InvalidRequestError("the metadata field is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise InvalidRequestError("the metadata field must be a JSON object")
+    if "password" in value:
+        raise InvalidRequestError("metadata cannot carry a password")
+    return value
+
+
+async def _parts(request: Request, *, max_parts: int) -> AsyncIterator[Part]:
+    content_type = request.headers.get("content-type", "")
+    async for part in iter_parts(request.stream(), content_type, max_parts=max_parts):
+        yield part
+
+
+async def _open(collection: str, tenant: str) -> Collection:
+    return await run_in_threadpool(uploads.open_collection, collection, tenant=tenant)
+
+
+@router.post(
+    "/collections/{collection}/documents",
+    status_code=202,
+    response_model=UploadAccepted,
+    responses={200: {"model": UploadAccepted, "description": "Identical bytes already there."}},
+    openapi_extra=_multipart_body(many=False, description="One file, field `file`."),
+)
+async def upload_document(
+    collection: CollectionName,
+    request: Request,
+    key: Principal,
+    priority: PriorityParam = Priority.NORMAL,
+    force: ForceParam = False,
+) -> JSONResponse:
+    """Stream one file into the collection: 202 with the document and its job, or 200 with
+    the existing document when identical bytes are already there (no new job)."""
+    limit = get_settings().api.max_upload_bytes
+    _check_length(request, limit)
+    coll = await _open(collection, key.tenant)
+    stored: list[uploads.StoredUpload] = []
+    metadata: dict[str, Any] = {}
+    try:
+        async for part in _parts(request, max_parts=16):
+            if part.filename is None:
+                if part.name == "metadata":
+                    metadata = _parse_metadata(await part.read_text())
+                continue
+            if stored:
+                raise InvalidRequestError("send one file here; use documents:bulk for several")
+            name = safe_filename(part.filename)
+            stored.append(await uploads.store_upload(coll, name, part.chunks()))
+    except BaseException:
+        await run_in_threadpool(_discard_all, stored)
+        raise
+    if not stored:
+        raise InvalidRequestError("the request has no file part (field `file`)")
+    [item] = await run_in_threadpool(
+        uploads.accept_uploads, coll, stored, metadata=metadata, priority=priority, force=force
+    )
+    body = _accepted(item).model_dump(mode="json")
+    return JSONResponse(body, status_code=200 if item.duplicate else 202)
+
+
+@router.post(
+    "/collections/{collection}/documents:bulk",
+    status_code=202,
+    response_model=BulkAccepted,
+    openapi_extra=_multipart_body(many=True, description="Many files, each in field `files`."),
+)
+async def upload_documents(
+    collection: CollectionName,
+    request: Request,
+    key: Principal,
+    priority: PriorityParam = Priority.NORMAL,
+    force: ForceParam = False,
+) -> BulkAccepted:
+    """Stream many files; one ingest job takes all the new ones. A file that cannot be taken
+    (too large, unreadable name) is listed under ``rejected`` and the others go on."""
+    settings = get_settings().api
+    coll = await _open(collection, key.tenant)
+    stored: list[uploads.StoredUpload] = []
+    rejected: list[Rejected] = []
+    metadata: dict[str, Any] = {}
+    try:
+        async for part in _parts(request, max_parts=settings.max_files_per_request + 16):
+            if part.filename is None:
+                if part.name == "metadata":
+                    metadata = _parse_metadata(await part.read_text())
+                continue
+            name = safe_filename(part.filename)
+            try:
+                stored.append(await uploads.store_upload(coll, name, part.chunks()))
+            except (TooLargeError, InvalidRequestError) as exc:
+                rejected.append(Rejected(filename=name, code=_code(exc), message=exc.reason))
+    except BaseException:
+        await run_in_threadpool(_discard_all, stored)
+        raise
+    if not stored and not rejected:
+        raise InvalidRequestError("the request has no file parts (field `files`)")
+    items = await run_in_threadpool(
+        uploads.accept_uploads, coll, stored, metadata=metadata, priority=priority, force=force
+    )
+    job_id = next((i.job_id for i in items if not i.duplicate), None)
+    return BulkAccepted(
+        operation_id=job_id,
+        status_url=_status_url(job_id),
+        documents=[_accepted(i) for i in items],
+        rejected=rejected,
+    )
+
+
+@router.post(
+    "/collections/{collection}/documents:ingest", status_code=202, response_model=UploadAccepted
+)
+def ingest_by_uri(
+    collection: CollectionName, body: IngestUriRequest, key: Principal
+) -> UploadAccepted:
+    """Ingest a document by URI (s3://, gs://, az://, or a local path under the API's
+    allowed roots). Its bytes are read by the job, not by this request."""
+    coll = uploads.open_collection(collection, tenant=key.tenant)
+    item = uploads.ingest_uri(
+        coll, body.uri, metadata=body.metadata, priority=Priority(body.priority), force=body.force
+    )
+    return _accepted(item)
+
+
+@router.post(
+    "/collections/{collection}/documents:merge",
+    status_code=202,
+    response_model=UploadAccepted,
+    responses={200: {"model": UploadAccepted, "description": "Identical bytes already there."}},
+    openapi_extra=_multipart_body(many=True, description="PDFs in order, field `files`."),
+)
+async def merge_documents(
+    collection: CollectionName,
+    request: Request,
+    key: Principal,
+    filename: Annotated[str, Query(max_length=300)] = "merged.pdf",
+    priority: PriorityParam = Priority.NORMAL,
+) -> JSONResponse:
+    """Merge the uploaded PDFs, in the order sent, into one new document and ingest it."""
+    limit = get_settings().api.max_upload_bytes
+    _check_length(request, limit)
+    coll = await _open(collection, key.tenant)
+    metadata: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="ingestflow-merge-") as tmp:
+        parts: list[Path] = []
+        async for part in _parts(request, max_parts=200):
+            if part.filename is None:
+                if part.name == "metadata":
+                    metadata = _parse_metadata(await part.read_text())
+                continue
+            parts.append(await _spool(part, Path(tmp) / f"{len(parts):04d}.pdf", limit))
+        if len(parts) < 1:
+            raise InvalidRequestError("send the PDFs to merge as file parts (field `files`)")
+        merged = Path(tmp) / "merged.pdf"
+        await run_in_threadpool(uploads.merge_pdfs, parts, merged)
+        stored = await uploads.store_upload(coll, safe_filename(filename), _read_file(merged))
+    metadata = {**metadata, "merged_from": len(parts)}
+    [item] = await run_in_threadpool(
+        uploads.accept_uploads, coll, [stored], metadata=metadata, priority=priority
+    )
+    body = _accepted(item).model_dump(mode="json")
+    return JSONResponse(body, status_code=200 if item.duplicate else 202)
+
+
+async def _spool(part: Part, path: Path, limit: int) -> Path:
+    """A part to a temp file on disk (the merge needs random access), within ``limit``."""
+    size = 0
+    with path.open("wb") as fh:
+        async for chunk in part.chunks():
+            size += len(chunk)
+            if size > limit:
+                raise TooLargeError(f"a file is larger than the limit of {limit} bytes")
+            fh.write(chunk)
+    return path
+
+
+async def _read_file(path: Path, block: int = 1024 * 1024) -> AsyncIterator[bytes]:
+    with path.open("rb") as fh:
+        while data := fh.read(block):
+            yield data
+
+
+def _discard_all(stored: list[uploads.StoredUpload]) -> None:
+    from storage.objectstore import store_for
+
+    for up in stored:
+        store_for(up.uri).delete(up.uri)
+
+
+def _code(exc: IngestError) -> str:
+    if isinstance(exc, MultipartError):
+        return exc.code
+    return "too_large" if isinstance(exc, TooLargeError) else "invalid_request"

@@ -1,0 +1,217 @@
+"""Documents arriving through the service: uploads streamed to the upload store, URIs to
+ingest, PDFs to merge. Each becomes a ``queued`` document row and an ingest job.
+
+Identical bytes already in the collection are not ingested again: the caller gets the
+existing document. When the queue backend is down, the row stays ``queued`` (the upload is
+kept) and ``BackendUnavailableError`` tells the caller to come back; submitting again, or the
+re-queue pass, picks it up.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deployments.queue import Priority
+from ingestflow.errors import ConfigError, InvalidRequestError
+from ingestflow.settings import get_settings
+from storage.collections import Collection
+from storage.documents import DocumentRecord
+from storage.objectstore import WriteResult
+
+
+class UriNotAllowedError(InvalidRequestError):
+    """The API may not ingest this URI (a local path outside the allowed roots)."""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A document taken in: ``job_id`` is None when nothing new had to run."""
+
+    document: DocumentRecord
+    job_id: str | None
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class StoredUpload:
+    """An upload safely in the upload store, not yet a document."""
+
+    uri: str
+    filename: str
+    size: int
+    sha256: str
+
+
+def open_collection(name: str, *, tenant: str) -> Collection:
+    """The tenant's collection, created on first use for the configured embedder."""
+    from flows.ingest import open_collection as open_for
+    from storage.migrate import ensure_schema
+    from tasks.embedders import get_embedder
+
+    ensure_schema()
+    return open_for(name, get_embedder(), tenant=tenant)
+
+
+def upload_uri(coll: Collection, filename: str) -> str:
+    """A fresh key in the upload store for one upload (never overwrites another)."""
+    root = get_settings().api.upload_uri.rstrip("/")
+    return f"{root}/c{coll.id}/{uuid.uuid4().hex}/{filename}"
+
+
+async def store_upload(
+    coll: Collection, filename: str, chunks: AsyncIterator[bytes]
+) -> StoredUpload:
+    """Stream an upload into the upload store, hashing it and enforcing the size limit as it
+    goes; an oversized upload raises ``TooLargeError`` and leaves nothing behind."""
+    from storage.objectstore import store_for, write_async
+
+    uri = upload_uri(coll, filename)
+    max_bytes = get_settings().api.max_upload_bytes
+    written: WriteResult = await write_async(store_for(uri), uri, chunks, max_bytes=max_bytes)
+    return StoredUpload(uri, filename, written.size, written.sha256)
+
+
+def accept_uploads(
+    coll: Collection,
+    uploads: list[StoredUpload],
+    *,
+    metadata: dict[str, Any],
+    priority: Priority = Priority.NORMAL,
+    force: bool = False,
+) -> list[Accepted]:
+    """Turn stored uploads into documents and submit one job for the new ones.
+
+    Bytes already in the collection (or twice in this request) are answered with the
+    existing document and their upload is removed. Raises ``BackendUnavailableError`` after
+    the rows are written, so a retried request finds them and submits them.
+    """
+    from deployments.submit import submit_ingest
+    from storage.db import transaction
+    from storage.job_documents import enqueue_document, find_by_sha256
+
+    accepted: dict[str, Accepted] = {}  # by sha256: one document per distinct content
+    fresh: list[DocumentRecord] = []
+    with transaction() as conn:
+        for up in uploads:
+            if up.sha256 in accepted:  # the same bytes twice in one request
+                _discard(up.uri)
+                continue
+            existing = None
+            if not force:
+                existing = find_by_sha256(conn, collection_id=coll.id, sha256=up.sha256)
+            if existing is not None and (existing.job_id or existing.status != "queued"):
+                _discard(up.uri)
+                accepted[up.sha256] = Accepted(existing, existing.job_id, duplicate=True)
+                continue
+            if existing is not None:  # queued earlier while the backend was down
+                _discard(up.uri)
+                doc = existing
+            else:
+                doc = enqueue_document(
+                    conn,
+                    collection_id=coll.id,
+                    source_uri=up.uri,
+                    sha256=up.sha256,
+                    size=up.size,
+                    metadata={**metadata, "filename": up.filename},
+                )
+            fresh.append(doc)
+            accepted[up.sha256] = Accepted(doc, None, duplicate=False)
+    if fresh:
+        job_id = submit_ingest(
+            tenant=coll.tenant,
+            collection=coll.name,
+            documents=fresh,
+            priority=priority,
+            force=force,
+            idempotency_key=None if force else _idempotency_key(fresh),
+        )
+        for sha, item in accepted.items():
+            if not item.duplicate:
+                accepted[sha] = Accepted(item.document, job_id, duplicate=False)
+    return [accepted[up.sha256] for up in uploads]
+
+
+def ingest_uri(
+    coll: Collection,
+    uri: str,
+    *,
+    metadata: dict[str, Any],
+    priority: Priority = Priority.NORMAL,
+    force: bool = False,
+) -> Accepted:
+    """Queue a document by URI (any registered scheme; local paths only under the API's
+    ``file_roots``) and submit its job."""
+    from deployments.submit import submit_ingest
+    from storage.db import transaction
+    from storage.job_documents import enqueue_document
+
+    source = check_uri(uri)
+    with transaction() as conn:
+        doc = enqueue_document(conn, collection_id=coll.id, source_uri=source, metadata=metadata)
+    job_id = submit_ingest(
+        tenant=coll.tenant, collection=coll.name, documents=[doc], priority=priority, force=force
+    )
+    return Accepted(doc, job_id, duplicate=False)
+
+
+def check_uri(uri: str) -> str:
+    """The canonical source for ``uri``, or ``UriNotAllowedError``/``ConfigError``."""
+    from storage.objectstore import canonical_uri, local_path, scheme_of, store_for
+
+    if not uri.strip() or "\x00" in uri:
+        raise InvalidRequestError("the URI is empty or contains a NUL byte")
+    if scheme_of(uri) == "file":
+        path = local_path(uri).expanduser().resolve()
+        roots = [r.expanduser().resolve() for r in get_settings().api.file_roots]
+        if not any(path.is_relative_to(root) for root in roots):
+            raise UriNotAllowedError(
+                "local paths cannot be ingested through the API unless they are under"
+                " INGESTFLOW_API_FILE_ROOTS"
+            )
+    else:
+        try:
+            store_for(uri)
+        except ConfigError as exc:  # an unknown scheme
+            raise UriNotAllowedError(exc.reason) from None
+    return canonical_uri(uri)
+
+
+def merge_pdfs(parts: list[Path], out: Path) -> None:
+    """Concatenate PDFs in order into ``out`` (pypdf); a part that is not a readable PDF is an
+    ``InvalidRequestError`` naming its position."""
+    from pypdf import PdfReader, PdfWriter
+    from pypdf.errors import PdfReadError
+
+    writer = PdfWriter()
+    for position, part in enumerate(parts, start=1):
+        try:
+            reader = PdfReader(part)
+            if reader.is_encrypted:
+                raise InvalidRequestError(f"file {position} is an encrypted PDF; cannot merge it")
+            writer.append(reader)
+        except (PdfReadError, ValueError, KeyError, TypeError) as exc:
+            raise InvalidRequestError(f"file {position} is not a readable PDF") from exc
+    with out.open("wb") as fh:
+        writer.write(fh)
+
+
+def _idempotency_key(docs: list[DocumentRecord]) -> str:
+    # The same rows with the same bytes, before any run claimed them again (attempts), are
+    # the same submission: a retried request must not start a second run.
+    parts = sorted(f"{d.id}:{d.sha256}:{d.attempts}" for d in docs)
+    import hashlib
+
+    return "upload:" + hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def _discard(uri: str) -> None:
+    from storage.objectstore import store_for
+
+    store = store_for(uri)
+    if store.exists(uri):
+        store.delete(uri)

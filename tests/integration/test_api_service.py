@@ -1,0 +1,367 @@
+"""The service end to end on the Prefect backend: the API in-process, real Postgres, a real
+Prefect server and served deployments doing the work, the local OpenAI-compatible embedder."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.conftest import reset_caches
+from tests.integration.test_api import make_key
+from tests.support.db import chunk_rows, document_rows, statuses
+from tests.support.service import served_deployments, service_environment, wait_until
+
+
+@pytest.fixture(scope="module")
+def service_env(database_url, prefect_server, openai_server, tmp_path_factory):
+    uploads = tmp_path_factory.mktemp("uploads")
+    return service_environment(
+        database_url=database_url,
+        prefect_api_url=prefect_server,
+        openai_base_url=openai_server.base_url,
+        upload_dir=uploads,
+    )
+
+
+@pytest.fixture(scope="module")
+def served(service_env, tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with served_deployments(service_env, log) as proc:
+        yield proc
+
+
+@pytest.fixture
+def api(service_env, served, monkeypatch) -> Iterator[TestClient]:
+    for name, value in service_env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("INGESTFLOW_QUEUE_BACKEND", "prefect")
+    reset_caches()
+    from api.app import create_app
+
+    with TestClient(create_app()) as client:
+        yield client
+    reset_caches()
+
+
+@pytest.fixture
+def tenant_key() -> dict[str, str]:
+    return make_key(f"tenant-{uuid.uuid4().hex[:8]}")
+
+
+def _file(name: str, text: str) -> tuple[str, io.BytesIO, str]:
+    return (name, io.BytesIO(text.encode()), "text/plain")
+
+
+def _finished_job(api: TestClient, key: dict[str, str], job_id: str, timeout: float = 90):
+    def done():
+        job = api.get(f"/v1/jobs/{job_id}", headers=key).json()
+        finished = job["state"] in ("completed", "failed", "cancelled")
+        progress = job["progress"]
+        settled = (
+            progress["documents_done"] + progress["documents_failed"] == progress["documents_total"]
+        )
+        return job if finished and settled else None
+
+    return wait_until(done, timeout=timeout, what=f"job {job_id} to finish")
+
+
+def test_upload_is_ingested_by_a_deployment_run_and_found(api, tenant_key, collection):
+    text = f"Narwhal tusks are teeth that sense salinity. {collection}"
+    resp = api.post(
+        f"/v1/collections/{collection}/documents",
+        headers=tenant_key,
+        files={"file": _file("narwhal.txt", text)},
+        data={"metadata": json.dumps({"team": "marine"})},
+    )
+    assert resp.status_code == 202, resp.text
+    body = resp.json()
+    assert body["duplicate"] is False and body["status_url"] == f"/v1/jobs/{body['job_id']}"
+    assert body["document"]["status"] == "queued"
+
+    job = _finished_job(api, tenant_key, body["job_id"])
+    assert job["state"] == "completed" and job["kind"] == "ingest"
+    assert job["progress"]["documents_done"] == 1 and job["progress"]["chunks"] >= 1
+    assert job["flow_run_url"].endswith(f"/runs/flow-run/{job['flow_run_id']}")
+    assert job["document_ids"] == [body["document"]["id"]]
+
+    doc = api.get(
+        f"/v1/collections/{collection}/documents/{body['document']['id']}", headers=tenant_key
+    ).json()
+    assert doc["status"] == "indexed"
+    assert doc["metadata"] == {"team": "marine", "filename": "narwhal.txt"}
+
+    hits = api.post(
+        f"/v1/collections/{collection}/search",
+        headers=tenant_key,
+        json={"query": "narwhal tusk salinity", "k": 3, "filter": {"team": "marine"}},
+    ).json()["hits"]
+    assert hits and hits[0]["document_id"] == body["document"]["id"]
+
+    again = api.post(
+        f"/v1/collections/{collection}/documents",
+        headers=tenant_key,
+        files={"file": _file("copy-of-narwhal.txt", text)},
+    )
+    assert again.status_code == 200
+    assert again.json()["duplicate"] is True
+    assert again.json()["document"]["id"] == body["document"]["id"]
+    assert again.json()["job_id"] == body["job_id"]  # no new job ran
+    assert len(document_rows(collection)) == 1
+
+
+def test_oversized_upload_is_413_and_leaves_nothing(api, tenant_key, collection, monkeypatch):
+    monkeypatch.setenv("INGESTFLOW_API_MAX_UPLOAD_BYTES", "1000")
+    reset_caches()
+    resp = api.post(
+        f"/v1/collections/{collection}/documents",
+        headers=tenant_key,
+        files={"file": ("big.txt", io.BytesIO(b"x" * 5000), "text/plain")},
+    )
+    assert resp.status_code == 413
+    assert resp.json()["error"]["code"] == "too_large"
+    assert document_rows(collection) == {}
+
+
+def test_bulk_upload_one_job_and_bad_files_do_not_sink_the_rest(
+    api, tenant_key, collection, monkeypatch
+):
+    monkeypatch.setenv("INGESTFLOW_API_MAX_UPLOAD_BYTES", "200000")
+    reset_caches()
+    files = [
+        ("files", _file("a.txt", f"Alpha document about glaciers. {collection}")),
+        ("files", _file("b.md", f"# Beta\n\nBeta document about volcanoes. {collection}")),
+        ("files", ("huge.bin", io.BytesIO(b"y" * 300_000), "application/octet-stream")),
+        ("files", ("fake.pdf", io.BytesIO(b"%PDF-1.7\nnot really a pdf"), "application/pdf")),
+    ]
+    resp = api.post(f"/v1/collections/{collection}/documents:bulk", headers=tenant_key, files=files)
+    assert resp.status_code == 202, resp.text
+    body = resp.json()
+    assert [r["filename"] for r in body["rejected"]] == ["huge.bin"]
+    assert body["rejected"][0]["code"] == "too_large"
+    assert len(body["documents"]) == 3
+    assert {d["job_id"] for d in body["documents"]} == {body["operation_id"]}
+
+    job = _finished_job(api, tenant_key, body["operation_id"])
+    assert job["progress"] == {
+        "documents_total": 3,
+        "documents_done": 2,
+        "documents_failed": 1,
+        "chunks": job["progress"]["chunks"],
+    }
+    [error] = job["errors"]
+    assert error["source_uri"].endswith("/fake.pdf") and error["message"]
+    assert statuses(collection) == {"a.txt": "indexed", "b.md": "indexed", "fake.pdf": "failed"}
+
+
+def test_ingest_by_uri_only_under_allowed_roots(api, tenant_key, collection, tmp_path, monkeypatch):
+    source = tmp_path / "allowed" / "note.txt"
+    source.parent.mkdir()
+    source.write_text(f"Ingested by URI: the heron waits. {collection}")
+    refused = api.post(
+        f"/v1/collections/{collection}/documents:ingest",
+        headers=tenant_key,
+        json={"uri": str(source)},
+    )
+    assert refused.status_code == 422
+    assert refused.json()["error"]["code"] == "uri_not_allowed"
+    unknown = api.post(
+        f"/v1/collections/{collection}/documents:ingest",
+        headers=tenant_key,
+        json={"uri": "ftp://example.org/x.txt"},
+    )
+    assert unknown.status_code == 422
+
+    monkeypatch.setenv("INGESTFLOW_API_FILE_ROOTS", json.dumps([str(source.parent)]))
+    reset_caches()
+    resp = api.post(
+        f"/v1/collections/{collection}/documents:ingest",
+        headers=tenant_key,
+        json={"uri": str(source), "priority": "high"},
+    )
+    assert resp.status_code == 202, resp.text
+    job = _finished_job(api, tenant_key, resp.json()["job_id"])
+    assert job["state"] == "completed" and job["progress"]["documents_done"] == 1
+
+
+def _pdf(text: str) -> bytes:
+    """A one-page PDF showing ``text`` (hand-written objects; pypdf extracts it)."""
+    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R"
+        b" /Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out = io.BytesIO()
+    out.write(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(out.tell())
+        out.write(b"%d 0 obj\n" % number + body + b"\nendobj\n")
+    xref = out.tell()
+    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
+    for offset in offsets:
+        out.write(b"%010d 00000 n \n" % offset)
+    out.write(
+        b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    )
+    return out.getvalue()
+
+
+def test_merge_pdfs_in_order_into_one_document(api, tenant_key, collection):
+    files = [
+        (
+            "files",
+            (
+                "one.pdf",
+                io.BytesIO(_pdf(f"First page about comets {collection}")),
+                "application/pdf",
+            ),
+        ),  # noqa: E501
+        (
+            "files",
+            (
+                "two.pdf",
+                io.BytesIO(_pdf(f"Second page about asteroids {collection}")),
+                "application/pdf",
+            ),
+        ),  # noqa: E501
+    ]
+    resp = api.post(
+        f"/v1/collections/{collection}/documents:merge?filename=space.pdf",
+        headers=tenant_key,
+        files=files,
+    )
+    assert resp.status_code == 202, resp.text
+    body = resp.json()
+    _finished_job(api, tenant_key, body["job_id"])
+    chunks = chunk_rows(collection)
+    text = " ".join(c["content"] for c in chunks)
+    assert text.index("comets") < text.index("asteroids")
+    pages = sorted({c["provenance"].get("page") for c in chunks} - {None})
+    assert pages == [1, 2] or len(chunks) == 1
+
+    bad = api.post(
+        f"/v1/collections/{collection}/documents:merge",
+        headers=tenant_key,
+        files=[("files", ("x.pdf", io.BytesIO(b"not a pdf"), "application/pdf"))],
+    )
+    assert bad.status_code == 422
+    assert "file 1" in bad.json()["error"]["message"]
+
+
+def test_cancel_then_retry_runs_only_what_was_left(api, tenant_key, collection, served):
+    import os
+    import signal
+
+    files = [
+        ("files", _file(f"doc-{i}.txt", f"Document {i} about tides. {collection}"))
+        for i in range(3)
+    ]  # noqa: E501
+    # Pause the runner so the job stays scheduled while it is cancelled.
+    os.kill(served.pid, signal.SIGSTOP)
+    try:
+        resp = api.post(
+            f"/v1/collections/{collection}/documents:bulk", headers=tenant_key, files=files
+        )
+        job_id = resp.json()["operation_id"]
+        cancelled = api.post(f"/v1/jobs/{job_id}/cancel", headers=tenant_key)
+    finally:
+        os.kill(served.pid, signal.SIGCONT)
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["state"] in ("cancelled", "cancelling")
+    assert cancelled.json()["progress"]["documents_failed"] == 3
+    assert {e["code"] for e in cancelled.json()["errors"]} == {"cancelled"}
+
+    retried = api.post(f"/v1/jobs/{job_id}/retry", headers=tenant_key)
+    assert retried.status_code == 202, retried.text
+    new_id = retried.json()["job_id"]
+    assert new_id != job_id
+    job = _finished_job(api, tenant_key, new_id)
+    assert job["state"] == "completed" and job["progress"]["documents_done"] == 3
+    again = api.post(f"/v1/jobs/{new_id}/retry", headers=tenant_key)
+    assert again.status_code == 409  # nothing left to retry
+
+
+def test_backend_outage_is_503_and_nothing_is_lost(api, tenant_key, collection, monkeypatch):
+    from deployments.submit import requeue_waiting
+    from tests.support.processes import free_port
+
+    working = api_url = __import__("os").environ["PREFECT_API_URL"]
+    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{free_port()}/api")
+    reset_caches()
+    text = f"Written while the queue was down: kelp forests. {collection}"
+    resp = api.post(
+        f"/v1/collections/{collection}/documents",
+        headers=tenant_key,
+        files={"file": _file("kelp.txt", text)},
+    )
+    assert resp.status_code == 503
+    assert resp.headers["Retry-After"].isdigit()
+    assert resp.json()["error"]["code"] == "backend_unavailable"
+    [row] = document_rows(collection).values()
+    assert row["status"] == "queued" and row["job_id"] is None
+
+    monkeypatch.setenv("PREFECT_API_URL", working)
+    reset_caches()
+    report = requeue_waiting(idle_seconds=0)
+    assert report.resubmitted >= 1
+    [row] = document_rows(collection).values()
+    job = _finished_job(api, tenant_key, row["job_id"])
+    assert job["progress"]["documents_done"] == 1
+    assert api_url == working
+
+
+def test_job_events_stream_progress_until_the_end(api, tenant_key, collection):
+    resp = api.post(
+        f"/v1/collections/{collection}/documents",
+        headers=tenant_key,
+        files={"file": _file("events.txt", f"Streaming progress of a job. {collection}")},
+    )
+    job_id = resp.json()["job_id"]
+    events = []
+    with api.stream("GET", f"/v1/jobs/{job_id}/events", headers=tenant_key) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        name = None
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line.removeprefix("data: "))))
+    assert events[-1] == ("end", {"state": "completed"})
+    progress = [data for name, data in events if name == "progress"]
+    assert progress[-1]["progress"]["documents_done"] == 1
+
+
+def test_bulk_delete_as_a_job_removes_chunks_and_uploads(api, tenant_key, collection):
+    resp = api.post(
+        f"/v1/collections/{collection}/documents:bulk",
+        headers=tenant_key,
+        files=[("files", _file(f"d{i}.txt", f"Delete me {i}. {collection}")) for i in range(2)],
+    )
+    body = resp.json()
+    _finished_job(api, tenant_key, body["operation_id"])
+    ids = [d["document"]["id"] for d in body["documents"]]
+    uploads = [Path(d["document"]["source_uri"].removeprefix("file://")) for d in body["documents"]]
+    assert all(p.exists() for p in uploads)
+
+    deleting = api.post(
+        f"/v1/collections/{collection}/documents:delete", headers=tenant_key, json={"ids": ids}
+    )
+    assert deleting.status_code == 202, deleting.text
+    job = _finished_job(api, tenant_key, deleting.json()["job_id"])
+    assert job["kind"] == "delete" and job["state"] == "completed"
+    assert chunk_rows(collection) == []
+    assert {r["status"] for r in document_rows(collection).values()} == {"deleted"}
+    assert not any(p.exists() for p in uploads)
+
+    listed = api.get(f"/v1/jobs?collection={collection}&kind=delete", headers=tenant_key).json()
+    assert [j["id"] for j in listed["items"]] == [job["id"]]
