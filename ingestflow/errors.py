@@ -12,6 +12,10 @@ class IngestError(Exception):
     """Base class. ``reason`` is a short, human-readable sentence stored on the document."""
 
     permanent: bool = False
+    # A stable snake_case name for the reason, stored next to it (documents.error_code) and
+    # used as a metrics label; subclasses override it, unknown subclasses inherit a parent's.
+    # A plain attribute, not a ClassVar, so an error may refine it per instance.
+    code: str = "ingest_error"
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -24,68 +28,84 @@ class IngestError(Exception):
 class ConfigError(IngestError):
     """Settings are missing or inconsistent (a missing credential, a bad URL)."""
 
+    code = "config_error"
     permanent = True
 
 
 class FetchError(IngestError):
     """The source could not be read (network blips, temporary I/O problems)."""
 
+    code = "fetch_error"
+
 
 class SourceNotFoundError(FetchError):
+    code = "source_not_found"
     permanent = True
 
 
 class TooLargeError(FetchError):
+    code = "too_large"
     permanent = True
 
 
 class ParseError(IngestError):
     """The bytes could not be turned into text."""
 
+    code = "parse_error"
     permanent = True
 
 
 class UnsupportedTypeError(ParseError):
-    pass
+    code = "unsupported_type"
 
 
 class EncryptedDocumentError(ParseError):
-    pass
+    code = "encrypted"
 
 
 class EmptyDocumentError(ParseError):
     """Parsed fine but holds no text (for example a scan without a text layer)."""
 
+    code = "empty_document"
+
 
 class EmbedError(IngestError):
     """The embedding provider failed; transient unless a subclass says otherwise."""
+
+    code = "embed_error"
 
 
 class EmbedRequestRejected(EmbedError):
     """The provider rejected the request itself (bad key, bad model): retrying cannot help."""
 
+    code = "embed_rejected"
     permanent = True
 
 
 class StoreError(IngestError):
     """The database or an object store could not be reached, or a write failed transiently."""
 
+    code = "store_error"
+
 
 class InvalidKeyError(IngestError):
     """An object key or path is malformed or would escape its store's root folder."""
 
+    code = "invalid_key"
     permanent = True
 
 
 class CollectionMismatchError(IngestError):
     """A collection is fixed to one embedding model and dimension."""
 
+    code = "collection_mismatch"
     permanent = True
 
 
 class InvalidRequestError(IngestError, ValueError):
     """A caller's input is invalid (an empty query, a malformed page cursor)."""
 
+    code = "invalid_request"
     permanent = True
 
 
@@ -99,3 +119,5 @@ class BackendUnavailableError(IngestError):
 
     Nothing is lost: the documents stay ``queued`` and are submitted again later.
     """
+
+    code = "backend_unavailable"

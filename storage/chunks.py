@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +23,12 @@ _COPY_TYPES = ["uuid", "int4", "int4", "text", "text", "jsonb", "vector"]
 
 @dataclass(frozen=True)
 class DocumentChunks:
-    """The full new chunk set of one document, with one vector per chunk."""
+    """The full new chunk set of one document, with one vector per chunk.
+
+    ``embedding_tokens`` is what this indexing sent to the embedder for the document; it is
+    added to the row's running total, so the sum over documents only grows (the
+    ``ingestflow_embedding_tokens_total`` counter is that sum).
+    """
 
     document_id: str
     sha256: str
@@ -30,6 +36,7 @@ class DocumentChunks:
     chunks: Sequence[Chunk]
     vectors: np.ndarray
     timings: dict[str, float]
+    embedding_tokens: int = 0
 
 
 def replace_chunks(
@@ -43,6 +50,7 @@ def replace_chunks(
     """
     if not documents:
         return []
+    started = time.perf_counter()
     ids = [d.document_id for d in documents]
     rows = conn.execute(
         "SELECT id, sha256 FROM documents WHERE id = ANY(%s::uuid[]) ORDER BY id FOR UPDATE",
@@ -70,20 +78,41 @@ def replace_chunks(
                         vector,
                     )
                 )
-    _mark_indexed(conn, live)
+    _mark_indexed(conn, live, write_seconds=time.perf_counter() - started)
     return [d.document_id for d in live]
 
 
-def _mark_indexed(conn: Conn, docs: Sequence[DocumentChunks]) -> None:
+def _mark_indexed(conn: Conn, docs: Sequence[DocumentChunks], *, write_seconds: float) -> None:
+    """Record each document's outcome: status, chunk count, stage timings, tokens spent.
+
+    The write's duration is shared out by chunk count as the ``upsert`` stage, so the stored
+    timings cover all seven stages (the caller's own clock stops only after this row is
+    written).
+    """
     from psycopg.types.json import Jsonb
 
+    total = sum(len(d.chunks) for d in docs) or 1
     with conn.cursor() as cur:
         cur.executemany(
-            "UPDATE documents SET status = 'indexed', error = NULL, chunk_count = %s,"
-            " media_type = %s, timings = %s, indexed_at = now(), updated_at = now()"
+            "UPDATE documents SET status = 'indexed', error = NULL, error_code = NULL,"
+            " chunk_count = %s, media_type = %s, timings = %s,"
+            " embedding_tokens = embedding_tokens + %s, indexed_at = now(), updated_at = now()"
             " WHERE id = %s",
-            [(len(d.chunks), d.media_type, Jsonb(d.timings), d.document_id) for d in docs],
+            [
+                (
+                    len(d.chunks),
+                    d.media_type,
+                    Jsonb(_with_upsert(d, write_seconds * len(d.chunks) / total)),
+                    d.embedding_tokens,
+                    d.document_id,
+                )
+                for d in docs
+            ],
         )
+
+
+def _with_upsert(doc: DocumentChunks, seconds: float) -> dict[str, float]:
+    return {**doc.timings, "upsert": round(doc.timings.get("upsert", 0.0) + seconds, 4)}
 
 
 def search_chunks(

@@ -1,7 +1,10 @@
 """The embed step: chunks -> vectors, through the vector cache and the collection's embedder.
 
 All chunks of a micro-batch are embedded together, so many small documents fill whole model
-batches. Texts already in the cache, or repeated within the batch, are embedded once.
+batches. Texts already in the cache, or repeated within the batch, are embedded once. Each
+document is charged the tokens of the texts actually sent for it (``embedding_tokens``): a
+cache hit costs nothing, and a text shared by several documents of the batch is charged once,
+to the first of them, so the charges add up to what the provider was sent.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from storage.db import transaction
 from storage.embedding_cache import cached_vectors, store_vectors
 from tasks.embedders import Embedder, get_embedder
 from tasks.options import final_attempt, stage_options
-from tasks.work import DocWork, Stopwatch, describe_error
+from tasks.work import DocWork, Stopwatch, describe_error, error_code
 
 
 def embed_documents(
@@ -31,13 +34,14 @@ def embed_documents(
     active = [w for w in works if w.active and w.chunks]
     try:
         with Stopwatch() as watch:
-            vectors, fresh = _vectors_by_hash(active, embedder) if active else ({}, set())
+            vectors, sent = _vectors_by_hash(active, embedder) if active else ({}, {})
     except Exception as exc:
         if not (is_permanent(exc) or final_attempt):
             raise
-        reason = f"embedding failed: {describe_error(exc)}"
-        return [w.failed(reason) if w.active and w.chunks else w for w in works]
+        reason, code = f"embedding failed: {describe_error(exc)}", error_code(exc)
+        return [w.failed(reason, code) if w.active and w.chunks else w for w in works]
     total = sum(len(w.chunks or []) for w in active)
+    uncharged = dict(sent)  # popped as charged, so a text shared by documents counts once
     out = []
     for work in works:
         if not work.active:
@@ -52,7 +56,8 @@ def embed_documents(
             replace(
                 work,
                 vectors=np.stack([vectors[h] for h in hashes]),
-                embedded=sum(1 for h in set(hashes) if h in fresh),
+                embedded=sum(1 for h in set(hashes) if h in sent),
+                embedding_tokens=sum(uncharged.pop(h, 0) for h in dict.fromkeys(hashes)),
                 timings=work.timed("embed", share),
             )
         )
@@ -61,8 +66,9 @@ def embed_documents(
 
 def _vectors_by_hash(
     works: Sequence[DocWork], embedder: Embedder
-) -> tuple[dict[str, np.ndarray], set[str]]:
-    """Vectors for every chunk hash in ``works``; the second value names those newly embedded."""
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Vectors for every chunk hash in ``works``, and the tokens sent for each hash that was
+    newly embedded (cache hits are absent)."""
     texts = {c.content_hash: c.content for w in works for c in w.chunks or []}
     with transaction() as conn:
         vectors = cached_vectors(conn, model=embedder.identity, content_hashes=list(texts))
@@ -74,7 +80,7 @@ def _vectors_by_hash(
         with transaction() as conn:
             store_vectors(conn, model=embedder.identity, vectors=new)
         vectors.update(new)
-    return vectors, set(missing)
+    return vectors, {h: embedder.count_tokens(texts[h]) for h in missing}
 
 
 @task(**stage_options("embed", timeout_seconds=4 * 3600))

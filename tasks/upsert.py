@@ -1,4 +1,8 @@
-"""The upsert step: swap each document's chunks in atomically and record every outcome."""
+"""The upsert step: swap each document's chunks in atomically and record every outcome.
+
+An indexed document's row gets its chunk count, timings and the embedding tokens this run
+spent on it; a failed one gets its reason and stable ``error_code``.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from storage.chunks import DocumentChunks, replace_chunks
 from storage.db import transaction
 from storage.documents import record_failure
 from tasks.options import stage_options
-from tasks.work import DocWork, Stopwatch
+from tasks.work import INTERNAL_ERROR, DocWork, Stopwatch
 
 
 def upsert_documents(
@@ -37,6 +41,7 @@ def upsert_documents(
                     collection_id=collection_id,
                     source_uri=work.fetched.source_uri if work.fetched else work.source,
                     error=work.error or "failed",
+                    error_code=work.error_code or INTERNAL_ERROR,
                     flow_run_id=flow_run_id,
                     metadata=work.metadata,
                 )
@@ -62,6 +67,7 @@ def _as_chunks(work: DocWork) -> DocumentChunks:
         chunks=work.chunks,
         vectors=work.vectors,
         timings={**work.timings},
+        embedding_tokens=work.embedding_tokens,
     )
 
 

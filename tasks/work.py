@@ -17,6 +17,8 @@ import numpy as np
 from ingestflow.errors import IngestError, is_permanent
 from ingestflow.types import Chunk, DocumentOutcome, DocumentStatus, FetchedSource, Segment
 
+INTERNAL_ERROR = "internal_error"  # the error_code of anything that is not an IngestError
+
 
 def split_password(
     metadata: dict[str, Any] | None, password: str | None = None
@@ -47,6 +49,8 @@ class DocWork:
     embedded: int = 0
     chunk_count: int = 0
     error: str | None = None
+    error_code: str | None = None  # stable snake_case name of the failure, next to ``error``
+    embedding_tokens: int = 0  # tokens this run sent to the embedder (cache hits cost none)
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -54,11 +58,13 @@ class DocWork:
         """Still moving through the pipeline (not failed, not skipped as unchanged)."""
         return self.status is DocumentStatus.PROCESSING
 
-    def failed(self, reason: str) -> DocWork:
+    def failed(self, reason: str, code: str = INTERNAL_ERROR) -> DocWork:
+        """This document, failed with a human ``reason`` and its stable ``code``."""
         return replace(
             self,
             status=DocumentStatus.FAILED,
             error=reason,
+            error_code=code,
             segments=None,
             chunks=None,
             vectors=None,
@@ -77,6 +83,17 @@ class DocWork:
             embedded_chunks=self.embedded,
             error=self.error,
         )
+
+
+def error_code(exc: BaseException) -> str:
+    """The stable snake_case code stored next to the reason (``documents.error_code``).
+
+    Every ``IngestError`` class names its own ``code`` (a subclass without one inherits its
+    parent's); anything else is a bug or an unclassified failure, so ``internal_error``.
+    """
+    if isinstance(exc, IngestError):
+        return exc.code
+    return INTERNAL_ERROR
 
 
 def describe_error(exc: BaseException) -> str:
@@ -113,7 +130,7 @@ def per_document(
             done = step(work)
         except Exception as exc:  # noqa: BLE001 - classified right here
             if is_permanent(exc) or final_attempt:
-                out.append(work.failed(describe_error(exc)))
+                out.append(work.failed(describe_error(exc), error_code(exc)))
             else:
                 transient = transient or exc
                 out.append(work)
