@@ -20,12 +20,17 @@ from ingestflow.errors import (
     TooLargeError,
 )
 from ingestflow.jobs import JobConflictError, JobNotFoundError
-from ingestflow.uploads import UriNotAllowedError
 from storage.collections import CollectionNotFoundError
 from storage.documents import DocumentNotFoundError
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = 5
+_MULTIPART_STATUS = {
+    "not_multipart": 415,
+    "too_many_parts": 413,
+    "field_too_large": 413,
+    "header_too_large": 431,
+}
 
 
 class ApiError(Exception):
@@ -72,11 +77,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InvalidRequestError)
     async def invalid_input(_: Request, exc: InvalidRequestError) -> JSONResponse:
         if isinstance(exc, MultipartError):
-            status = 415 if exc.code == "not_multipart" else 400
-            return error_response(status, exc.code, exc.reason)
-        if isinstance(exc, UriNotAllowedError):
-            return error_response(422, "uri_not_allowed", exc.reason)
-        return error_response(422, "invalid_request", exc.reason)
+            return error_response(_MULTIPART_STATUS.get(exc.code, 400), exc.code, exc.reason)
+        return error_response(422, exc.code, exc.reason)
 
     @app.exception_handler(TooLargeError)
     async def too_large(_: Request, exc: TooLargeError) -> JSONResponse:

@@ -127,21 +127,24 @@ def register_backend(
     return decorate
 
 
+_BUILTIN = {"prefect": "deployments.prefect_backend", "celery": "deployments.celery_backend"}
+
+
 def get_backend(name: str | None = None) -> QueueBackend:
-    """The backend named by ``name`` or ``INGESTFLOW_QUEUE_BACKEND`` (default ``prefect``)."""
+    """The backend named by ``name`` or ``INGESTFLOW_QUEUE_BACKEND`` (default ``prefect``).
+
+    A built-in adapter's module is imported on first use, so Celery loads only when chosen.
+    """
+    import importlib
+
     from ingestflow.errors import ConfigError
     from ingestflow.settings import get_settings
 
-    _load_builtins()
     chosen = name or get_settings().queue.backend
+    if chosen not in _BACKENDS and chosen in _BUILTIN:
+        importlib.import_module(_BUILTIN[chosen])
     try:
         return _BACKENDS[chosen]()
     except KeyError:
-        known = ", ".join(sorted(_BACKENDS))
+        known = ", ".join(sorted(set(_BACKENDS) | set(_BUILTIN)))
         raise ConfigError(f"unknown queue backend {chosen!r} (known: {known})") from None
-
-
-def _load_builtins() -> None:
-    # Imported lazily: the Celery adapter imports celery and redis.
-    import deployments.celery_backend  # noqa: F401
-    import deployments.prefect_backend  # noqa: F401

@@ -284,18 +284,47 @@ def submit_delete(document_ids: list[str], *, collection: str, tenant: str = "de
 
 
 def readiness() -> dict[str, str]:
-    """What the service needs, each ``"ok"`` or the reason it is not ready."""
+    """What the service needs, each ``"ok"`` or the reason it is not ready: the database,
+    the upload store and the queue backend."""
+    return {
+        "database": _check(_database_ready),
+        "upload_store": _check(_upload_store_ready),
+        "queue": _check(_queue_ready),
+    }
+
+
+def _check(probe: Any) -> str:
+    try:
+        probe()
+    except Exception as exc:  # noqa: BLE001 - any failure means "not ready", with a reason
+        return getattr(exc, "reason", None) or type(exc).__name__  # never a URL or secret
+    return "ok"
+
+
+def _database_ready() -> None:
     from storage.db import connection
 
-    checks: dict[str, str] = {}
-    try:
-        with connection() as conn:
-            conn.execute("SELECT 1")
-        checks["database"] = "ok"
-    except Exception as exc:
-        reason = getattr(exc, "reason", None) or type(exc).__name__  # never the URL
-        checks["database"] = reason
-    return checks
+    with connection() as conn:
+        conn.execute("SELECT 1")
+
+
+def _upload_store_ready() -> None:
+    """The upload prefix can be listed (a local folder is created if missing)."""
+    from itertools import islice
+
+    from ingestflow.settings import get_settings
+    from storage.objectstore import local_path, scheme_of, store_for
+
+    uri = get_settings().api.upload_uri
+    if scheme_of(uri) == "file":
+        local_path(uri).mkdir(parents=True, exist_ok=True)
+    list(islice(store_for(uri).list_objects(uri, page_size=1), 1))
+
+
+def _queue_ready() -> None:
+    from deployments.queue import get_backend
+
+    get_backend().ping()
 
 
 def _encode_cursor(doc: DocumentRecord) -> str:

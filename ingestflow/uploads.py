@@ -26,6 +26,8 @@ from storage.objectstore import WriteResult
 class UriNotAllowedError(InvalidRequestError):
     """The API may not ingest this URI (a local path outside the allowed roots)."""
 
+    code = "uri_not_allowed"
+
 
 @dataclass(frozen=True)
 class Accepted:

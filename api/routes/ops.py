@@ -19,7 +19,8 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses={503: {"model": ErrorResponse}})
 async def readyz():  # -> dict | JSONResponse
-    """The database is reachable (SELECT 1); 503 with the reason and Retry-After otherwise."""
+    """The database, the upload store and the queue backend answer; 503 with the reasons
+    and Retry-After otherwise."""
     from ingestflow.service import readiness
 
     checks = await run_in_threadpool(readiness)
