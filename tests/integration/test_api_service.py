@@ -365,3 +365,113 @@ def test_bulk_delete_as_a_job_removes_chunks_and_uploads(api, tenant_key, collec
 
     listed = api.get(f"/v1/jobs?collection={collection}&kind=delete", headers=tenant_key).json()
     assert [j["id"] for j in listed["items"]] == [job["id"]]
+
+
+def _pdf_part(name: str, text: str):
+    return ("files", (name, io.BytesIO(_pdf(text)), "application/pdf"))
+
+
+def _matrix_requests(collection: str, document_id: str, job_id: str):
+    """One request per /v1 route: (method, path template, request kwargs)."""
+    docs = f"/v1/collections/{collection}/documents"
+    return {
+        ("POST", "/v1/collections/{collection}/documents"): (
+            "POST",
+            docs,
+            {"files": {"file": _file("m.txt", f"matrix upload {collection}")}},
+        ),
+        ("GET", "/v1/collections/{collection}/documents"): ("GET", docs, {}),
+        ("POST", "/v1/collections/{collection}/documents:bulk"): (
+            "POST",
+            f"{docs}:bulk",
+            {"files": [("files", _file("mb.txt", f"matrix bulk {collection}"))]},
+        ),
+        ("POST", "/v1/collections/{collection}/documents:ingest"): (
+            "POST",
+            f"{docs}:ingest",
+            {"json": {"uri": "s3://matrix-bucket/none.txt"}},
+        ),
+        ("POST", "/v1/collections/{collection}/documents:merge"): (
+            "POST",
+            f"{docs}:merge",
+            {"files": [_pdf_part("m.pdf", f"matrix merge {collection}")]},
+        ),
+        ("GET", "/v1/collections/{collection}/documents/{document_id}"): (
+            "GET",
+            f"{docs}/{document_id}",
+            {},
+        ),
+        ("POST", "/v1/collections/{collection}/documents:delete"): (
+            "POST",
+            f"{docs}:delete",
+            {"json": {"ids": [document_id]}},
+        ),
+        ("GET", "/v1/jobs"): ("GET", "/v1/jobs", {}),
+        ("GET", "/v1/jobs/{job_id}"): ("GET", f"/v1/jobs/{job_id}", {}),
+        ("POST", "/v1/jobs/{job_id}/cancel"): ("POST", f"/v1/jobs/{job_id}/cancel", {}),
+        ("POST", "/v1/jobs/{job_id}/retry"): ("POST", f"/v1/jobs/{job_id}/retry", {}),
+        ("GET", "/v1/jobs/{job_id}/events"): ("GET", f"/v1/jobs/{job_id}/events", {}),
+        ("POST", "/v1/collections/{collection}/search"): (
+            "POST",
+            f"/v1/collections/{collection}/search",
+            {"json": {"query": "matrix"}},
+        ),
+        ("DELETE", "/v1/collections/{collection}/documents/{document_id}"): (
+            "DELETE",
+            f"{docs}/{document_id}",
+            {},
+        ),
+    }
+
+
+def _snapshot(collection: str, tenant: str) -> list[tuple]:
+    from storage.db import connection
+
+    with connection() as conn:
+        rows = conn.execute(
+            "SELECT d.source_uri, d.status, d.chunk_count, d.job_id FROM documents d"
+            " JOIN collections c ON c.id = d.collection_id WHERE c.name = %s AND c.tenant = %s"
+            " ORDER BY d.source_uri",
+            (collection, tenant),
+        ).fetchall()
+    return [tuple(r.values()) for r in rows]
+
+
+def test_auth_matrix_every_route_no_key_revoked_key_other_tenant(api, collection):
+    owner_tenant = f"owner-{uuid.uuid4().hex[:8]}"
+    owner = make_key(owner_tenant)
+    revoked = make_key(owner_tenant, revoked=True)
+    intruder = make_key(f"intruder-{uuid.uuid4().hex[:8]}")
+    resp = api.post(
+        f"/v1/collections/{collection}/documents",
+        headers=owner,
+        files={"file": _file("secret.txt", f"The owner's secret recipe. {collection}")},
+    )
+    document_id, job_id = resp.json()["document"]["id"], resp.json()["job_id"]
+    _finished_job(api, owner, job_id)
+    requests = _matrix_requests(collection, document_id, job_id)
+    routes = {
+        (method.upper(), path)
+        for path, ops in api.app.openapi()["paths"].items()
+        if path.startswith("/v1/")
+        for method in ops
+    }
+    assert routes == set(requests), "every /v1 route needs a row in the auth matrix"
+
+    before = _snapshot(collection, owner_tenant)
+    for method, path, kwargs in requests.values():
+        for headers, code in (({}, "missing_api_key"), (revoked, "invalid_api_key")):
+            resp = api.request(method, path, headers=headers, **kwargs)
+            assert resp.status_code == 401, (method, path, resp.text)
+            assert resp.json()["error"]["code"] == code
+        resp = api.request(method, path, headers=intruder, **kwargs)
+        assert resp.status_code != 401 and resp.status_code < 500, (method, path, resp.text)
+        assert document_id not in resp.text and job_id not in resp.text, (method, path)
+        assert "secret recipe" not in resp.text, (method, path)
+    assert _snapshot(collection, owner_tenant) == before, "another tenant changed the owner's documents"
+
+    for (method, template), (_, path, kwargs) in requests.items():
+        resp = api.request(method, path, headers=owner, **kwargs)
+        assert resp.status_code in (200, 202, 204, 409), (method, path, resp.text)
+        if template == "/v1/jobs":
+            assert job_id in {j["id"] for j in resp.json()["items"]}
