@@ -468,7 +468,7 @@ def test_auth_matrix_every_route_no_key_revoked_key_other_tenant(api, collection
         assert resp.status_code != 401 and resp.status_code < 500, (method, path, resp.text)
         assert document_id not in resp.text and job_id not in resp.text, (method, path)
         assert "secret recipe" not in resp.text, (method, path)
-    assert _snapshot(collection, owner_tenant) == before, "another tenant changed the owner's documents"
+    assert _snapshot(collection, owner_tenant) == before, "another tenant changed them"
 
     for (method, template), (_, path, kwargs) in requests.items():
         resp = api.request(method, path, headers=owner, **kwargs)
