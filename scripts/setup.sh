@@ -39,3 +39,22 @@ if ! grep -qs "\"version\": \"$AZURITE_VERSION\"" .tools/node_modules/azurite/pa
         fi
     fi
 fi
+
+# Debian's Chromium (and the fonts it recommends), for the browser tests to render pages.
+if [ ! -x /usr/bin/chromium ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+    if ! command -v apt-get >/dev/null; then
+        echo "apt-get not found: install Chromium at /usr/bin/chromium to run the browser tests" >&2
+    else
+        echo "installing chromium from Debian's packages ..."
+        mkdir -p .tools
+        if ! { $sudo apt-get update -qq &&
+               $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+                   --no-install-recommends chromium fonts-liberation; } >.tools/chromium-install.log 2>&1; then
+            tail -20 .tools/chromium-install.log
+            echo "chromium installation failed; the full log is in .tools/chromium-install.log" >&2
+            exit 1
+        fi
+    fi
+fi
