@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
+from fastapi_offline import FastAPIOffline
 
 from api.deps import authenticate
 from api.errors import install_error_handlers
@@ -22,7 +23,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(title="ingestflow", version=__version__, docs_url="/docs")
+    # Swagger UI and ReDoc assets are served from the package, not a CDN: /docs works offline.
+    app = FastAPIOffline(title="ingestflow", version=__version__, docs_url="/docs")
     install_error_handlers(app)
     app.include_router(ops.router)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)], responses=_ERRORS)

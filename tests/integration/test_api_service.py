@@ -466,7 +466,8 @@ def test_auth_matrix_every_route_no_key_revoked_key_other_tenant(api, collection
             assert resp.json()["error"]["code"] == code
         resp = api.request(method, path, headers=intruder, **kwargs)
         assert resp.status_code != 401 and resp.status_code < 500, (method, path, resp.text)
-        assert document_id not in resp.text and job_id not in resp.text, (method, path)
+        if resp.status_code != 404:  # a 404 may echo the id the caller sent, nothing more
+            assert document_id not in resp.text and job_id not in resp.text, (method, path)
         assert "secret recipe" not in resp.text, (method, path)
     assert _snapshot(collection, owner_tenant) == before, "another tenant changed them"
 

@@ -62,11 +62,12 @@ def run_prefect_server(
             database_url or f"sqlite+aiosqlite:///{home}/prefect.db"
         ),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
         "PREFECT_LOGGING_LEVEL": "WARNING",
     }
     env.pop("PREFECT_API_URL", None)
+    # The UI reads its API address from the server settings, which default to port 4200.
+    env["PREFECT_UI_API_URL"] = f"http://127.0.0.1:{port}/api"
     prefect = str(Path(sys.executable).with_name("prefect"))
     log = (home / "server.log").open("wb")
     proc = subprocess.Popen(
