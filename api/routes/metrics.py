@@ -1,0 +1,134 @@
+"""``GET /metrics``: the pipeline in the Prometheus text format (no auth, like ``/healthz``).
+
+Nothing is counted in this process. Each scrape reads one snapshot from the database
+(``storage.metrics``) and the queue backend's depth, and renders them through a registry
+built for that scrape, so every API replica reports the same numbers and a restart loses
+nothing. Include it with ``app.include_router(metrics.router)``.
+
+Exposed (all prefixed ``ingestflow_``): ``up``, ``documents{status}``, ``chunks``,
+``failures{reason}`` (failed documents by error code), ``stage_seconds{stage}`` (``_sum`` and
+``_count``), ``embedding_tokens_total``, ``queue_depth`` and ``queue_up``. When the queue
+backend cannot be reached, ``queue_depth`` is left out and ``queue_up`` is 0; when the
+database cannot be reached, the scrape answers 503.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from fastapi import APIRouter, Response
+from fastapi.concurrency import run_in_threadpool
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+from api.errors import RETRY_AFTER_SECONDS, error_response
+from api.models import ErrorResponse
+from ingestflow.errors import BackendUnavailableError, StoreError
+from storage.metrics import PipelineMetrics
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["operations"])
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"},
+        503: {"model": ErrorResponse},
+    },
+)
+async def metrics() -> Response:
+    """The pipeline's documents, chunks, failures, stage timings, tokens and queue depth."""
+    try:
+        snapshot = await run_in_threadpool(_read_snapshot)
+    except StoreError as exc:
+        log.warning("metrics unavailable: %s", exc.reason)
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        return error_response(503, "service_unavailable", exc.reason, headers)
+    depth = await run_in_threadpool(_queue_depth)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PipelineCollector(snapshot, depth))
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _read_snapshot() -> PipelineMetrics:
+    from storage.db import connection
+    from storage.metrics import read_metrics
+
+    with connection() as conn:
+        return read_metrics(conn)
+
+
+def _queue_depth() -> int | None:
+    """Jobs waiting in the queue backend, or None when it cannot say.
+
+    A queue outage must not hide the rest of the metrics, so nothing here fails the scrape.
+    """
+    from deployments import queue
+
+    try:
+        return queue.get_backend().queue_depth()
+    except BackendUnavailableError as exc:
+        log.info("queue backend unavailable: %s", exc.reason)
+    except Exception:  # noqa: BLE001 - a misconfigured backend is logged, the scrape goes on
+        log.warning("queue depth could not be read", exc_info=True)
+    return None
+
+
+class PipelineCollector(Collector):
+    """A one-scrape collector over a snapshot; it holds no state between scrapes."""
+
+    def __init__(self, snapshot: PipelineMetrics, queue_depth: int | None) -> None:
+        self.snapshot, self.queue_depth = snapshot, queue_depth
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield every metric family of the snapshot."""
+        s = self.snapshot
+        yield GaugeMetricFamily("ingestflow_up", "The API answered this scrape.", value=1)
+        documents = GaugeMetricFamily(
+            "ingestflow_documents", "Documents by status.", labels=["status"]
+        )
+        for status, n in sorted(s.documents.items()):
+            documents.add_metric([status], n)
+        yield documents
+        yield GaugeMetricFamily("ingestflow_chunks", "Chunks stored.", value=s.chunks)
+        failures = GaugeMetricFamily(
+            "ingestflow_failures", "Failed documents by error code.", labels=["reason"]
+        )
+        for code, n in sorted(s.failures.items()):
+            failures.add_metric([code], n)
+        yield failures
+        stages = SummaryMetricFamily(
+            "ingestflow_stage_seconds",
+            "Stage durations over each document's latest indexing.",
+            labels=["stage"],
+        )
+        for stage, totals in s.stages.items():
+            stages.add_metric([stage], count_value=totals.count, sum_value=totals.seconds)
+        yield stages
+        yield CounterMetricFamily(
+            "ingestflow_embedding_tokens",
+            "Tokens sent to the embedder (cache hits cost none).",
+            value=s.embedding_tokens,
+        )
+        yield from self._queue()
+
+    def _queue(self) -> Iterator[Metric]:
+        up = self.queue_depth is not None
+        yield GaugeMetricFamily(
+            "ingestflow_queue_up", "The queue backend answered.", value=1 if up else 0
+        )
+        if self.queue_depth is not None:
+            yield GaugeMetricFamily(
+                "ingestflow_queue_depth",
+                "Jobs submitted to the queue backend and not yet started.",
+                value=self.queue_depth,
+            )
