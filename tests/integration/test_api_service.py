@@ -372,9 +372,15 @@ def _pdf_part(name: str, text: str):
 
 
 def _matrix_requests(collection: str, document_id: str, job_id: str):
-    """One request per /v1 route: (method, path template, request kwargs)."""
+    """One request per /v1 route, in an order where the owner's requests all apply: jobs
+    first, the deletes last."""
     docs = f"/v1/collections/{collection}/documents"
     return {
+        ("GET", "/v1/jobs"): ("GET", "/v1/jobs", {}),
+        ("GET", "/v1/jobs/{job_id}"): ("GET", f"/v1/jobs/{job_id}", {}),
+        ("GET", "/v1/jobs/{job_id}/events"): ("GET", f"/v1/jobs/{job_id}/events", {}),
+        ("POST", "/v1/jobs/{job_id}/cancel"): ("POST", f"/v1/jobs/{job_id}/cancel", {}),
+        ("POST", "/v1/jobs/{job_id}/retry"): ("POST", f"/v1/jobs/{job_id}/retry", {}),
         ("POST", "/v1/collections/{collection}/documents"): (
             "POST",
             docs,
@@ -401,20 +407,15 @@ def _matrix_requests(collection: str, document_id: str, job_id: str):
             f"{docs}/{document_id}",
             {},
         ),
-        ("POST", "/v1/collections/{collection}/documents:delete"): (
-            "POST",
-            f"{docs}:delete",
-            {"json": {"ids": [document_id]}},
-        ),
-        ("GET", "/v1/jobs"): ("GET", "/v1/jobs", {}),
-        ("GET", "/v1/jobs/{job_id}"): ("GET", f"/v1/jobs/{job_id}", {}),
-        ("POST", "/v1/jobs/{job_id}/cancel"): ("POST", f"/v1/jobs/{job_id}/cancel", {}),
-        ("POST", "/v1/jobs/{job_id}/retry"): ("POST", f"/v1/jobs/{job_id}/retry", {}),
-        ("GET", "/v1/jobs/{job_id}/events"): ("GET", f"/v1/jobs/{job_id}/events", {}),
         ("POST", "/v1/collections/{collection}/search"): (
             "POST",
             f"/v1/collections/{collection}/search",
             {"json": {"query": "matrix"}},
+        ),
+        ("POST", "/v1/collections/{collection}/documents:delete"): (
+            "POST",
+            f"{docs}:delete",
+            {"json": {"ids": [document_id]}},
         ),
         ("DELETE", "/v1/collections/{collection}/documents/{document_id}"): (
             "DELETE",
