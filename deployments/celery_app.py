@@ -1,0 +1,260 @@
+"""The Celery app of the ``celery`` queue backend: Redis as broker and result backend, and two
+tasks that call the same Prefect flows as every other front door.
+
+Start a worker, consuming the queues in priority order::
+
+    celery -A deployments.celery_app worker -Q ingestflow.high,ingestflow.normal,ingestflow.low
+
+Redis has no message priorities, so each priority is its own queue (``ingestflow.high``,
+``ingestflow.normal``, the default, and ``ingestflow.low``). The broker option
+``queue_order_strategy="priority"`` makes the worker's BRPOP list the queue keys in the order
+given to ``-Q`` (Redis answers from the first non-empty key), so a high job waiting is always
+taken before a normal one. kombu's default strategy, round robin, would rotate that order.
+Without ``-Q`` the worker consumes all three, in the same order.
+
+Existing Celery users call the tasks by name like any other::
+
+    from deployments.celery_app import ingest
+    result = ingest.delay(sources=["s3://docs/a.pdf"], collection="docs")
+    result.get()  # {"counts": {"indexed": 1}, "flow_run_id": "...", "failures": [], ...}
+
+or, without importing this module, ``app.send_task("ingestflow.ingest", kwargs=...)``.
+
+A task calls the flow directly (``flows.ingest_batch`` / ``flows.delete_documents``), so the
+run shows on the Prefect server named by ``PREFECT_API_URL`` (or a server on 127.0.0.1:4200,
+see ``ingestflow.prefect_env``; never an ephemeral server per task).
+
+**A worker that dies mid-task.** Tasks are acknowledged late (``task_acks_late``) and a task
+whose worker process is lost is rejected back to the queue (``task_reject_on_worker_lost``);
+a worker killed outright (SIGKILL, a lost machine) leaves its message unacknowledged in Redis,
+and any worker re-queues it once it is older than the visibility timeout. Either way the task
+runs again from the start. That is safe because the flows are idempotent: a document whose
+bytes (sha256) are already indexed ends ``unchanged`` without being embedded again, a
+document caught half-way is replaced atomically, and deleting twice is harmless. The
+visibility timeout (``INGESTFLOW_CELERY_VISIBILITY_TIMEOUT``, 3 h by default) must exceed the
+longest job, or a job still running is handed to a second worker as well.
+
+Configuration is read from ``ingestflow.settings`` (``REDIS_URL``) when the app is first
+configured, not at import, and is added as Celery *defaults*: a user's own
+``app.conf.update(...)`` or ``config_from_object`` still wins. The Redis URL is a secret and is
+never logged (Celery's banner masks its password).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import Celery, Task, signals
+from celery.exceptions import Ignore
+from kombu import Queue
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ingestflow.settings import get_settings
+
+INGEST_TASK = "ingestflow.ingest"
+DELETE_TASK = "ingestflow.delete"
+PRIORITIES = ("high", "normal", "low")  # the order a worker should consume them in
+QUEUES = tuple(f"ingestflow.{p}" for p in PRIORITIES)
+DEFAULT_QUEUE = "ingestflow.normal"
+RESULT_TTL_SECONDS = 7 * 24 * 3600  # results and job records: how long status() knows a job
+# A call that cannot reach Redis fails within about this long, so the API answers 503 quickly.
+CONNECT_TIMEOUT_SECONDS = 2.0
+SOCKET_TIMEOUT_SECONDS = 3.0
+
+
+class CelerySettings(BaseSettings):
+    """Celery-only knobs; the Redis URL itself is ``REDIS_URL`` (``QueueSettings``)."""
+
+    model_config = SettingsConfigDict(env_prefix="INGESTFLOW_CELERY_", extra="ignore")
+
+    visibility_timeout: int = Field(
+        default=3 * 3600,
+        gt=0,
+        description="Seconds before an unacknowledged job (its worker died) is re-queued;"
+        " must exceed the longest job.",
+    )
+
+
+def celery_config() -> dict[str, Any]:
+    """The app's settings, from ``ingestflow.settings`` and ``INGESTFLOW_CELERY_*``."""
+    url = get_settings().queue.redis_url.get_secret_value()
+    return {
+        "broker_url": url,
+        "result_backend": url,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,  # a long job never holds a second one hostage
+        "task_track_started": True,
+        "result_extended": True,  # results carry the task name, kwargs and queue
+        "result_expires": RESULT_TTL_SECONDS,
+        "task_queues": [Queue(name, routing_key=name) for name in QUEUES],
+        "task_default_queue": DEFAULT_QUEUE,
+        "task_create_missing_queues": False,
+        "broker_connection_retry_on_startup": True,  # a worker waits for Redis to come up
+        "broker_connection_timeout": CONNECT_TIMEOUT_SECONDS,
+        "broker_transport_options": {
+            "visibility_timeout": CelerySettings().visibility_timeout,
+            "queue_order_strategy": "priority",
+            "socket_connect_timeout": CONNECT_TIMEOUT_SECONDS,
+            "socket_timeout": SOCKET_TIMEOUT_SECONDS,
+        },
+        # Publishing retries briefly (a pooled connection may be stale after a Redis
+        # restart), then gives up: about a second, not Celery's open-ended reconnects.
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.25,
+            "interval_max": 0.5,
+        },
+        "redis_socket_connect_timeout": CONNECT_TIMEOUT_SECONDS,
+        "redis_socket_timeout": SOCKET_TIMEOUT_SECONDS,
+        # The result backend retries a lost connection 20 times, a second apart, by default:
+        # a cancel or a submit would hang for 20 s or more. Bounded here to about 1.5 s, which
+        # a worker storing a result rides out too (a longer Redis outage leaves that job's
+        # status at running; its documents' rows in Postgres are right either way).
+        "result_backend_transport_options": {
+            "retry_policy": {
+                "max_retries": 3,
+                "interval_start": 0,
+                "interval_step": 0.5,
+                "interval_max": 1,
+            },
+        },
+        "worker_hijack_root_logger": False,
+    }
+
+
+def create_app(*, set_as_current: bool = True) -> Celery:
+    """A Celery app configured from the settings when first used (a new app reads the
+    environment again; tests use that to point one at another Redis)."""
+    celery = Celery("ingestflow", set_as_current=set_as_current)
+    celery.add_defaults(celery_config)  # evaluated lazily, on first configuration
+    return celery
+
+
+app = create_app()
+
+
+# Job records -------------------------------------------------------------------------------
+# A submitted job that no worker has started yet is PENDING in Celery, exactly like an id
+# Celery never saw. The backend therefore writes a small hash per job at submission (kind,
+# tenant, collection, priority, created_at); the worker adds started_at, and cancel() sets
+# cancelled. It expires with the result.
+
+
+def job_key(job_id: str) -> str:
+    """The Redis key of a job's record."""
+    return f"ingestflow:job:{job_id}"
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _begin(task: Task) -> None:
+    """Record the start; skip a job that was cancelled while this worker did not listen
+    (a revoke is broadcast to the workers running at the time and kept only in memory)."""
+    job_id = task.request.id
+    client = task.backend.client
+    pipe = client.pipeline()
+    pipe.hset(job_key(job_id), "started_at", utc_now())
+    pipe.expire(job_key(job_id), RESULT_TTL_SECONDS)
+    pipe.hget(job_key(job_id), "cancelled")
+    *_, cancelled = pipe.execute()
+    if cancelled:
+        # task_track_started has just stored STARTED over the REVOKED that cancel() wrote.
+        task.backend.mark_as_revoked(job_id, "cancelled", request=task.request)
+        raise Ignore()
+
+
+# Tasks -------------------------------------------------------------------------------------
+
+
+@app.task(name=INGEST_TASK, bind=True)
+def ingest(
+    self: Task,
+    sources: list[str],
+    collection: str = "default",
+    tenant: str = "default",
+    force: bool = False,
+) -> dict[str, Any]:
+    """Ingest ``sources`` into ``collection`` of ``tenant`` through ``flows.ingest_batch``.
+
+    Returns a JSON summary: document counts by status, the flow run id, and the failures
+    as ``{"source", "error"}``.
+    """
+    _begin(self)
+    from flows import ingest_batch  # Prefect is imported in the worker's child, after fork
+
+    state = ingest_batch(
+        list(sources), collection=collection, tenant=tenant, force=force, return_state=True
+    )
+    result = state.result()
+    return ingest_summary(result, tenant=tenant, flow_run_id=_flow_run_id(state))
+
+
+@app.task(name=DELETE_TASK, bind=True)
+def delete(
+    self: Task, document_ids: list[str], collection: str = "default", tenant: str = "default"
+) -> dict[str, Any]:
+    """Delete documents of ``collection`` of ``tenant`` through ``flows.delete_documents``."""
+    _begin(self)
+    from flows import delete_documents
+
+    state = delete_documents(
+        list(document_ids), collection=collection, tenant=tenant, return_state=True
+    )
+    result = state.result()
+    return {
+        "kind": "delete",
+        "collection": collection,
+        "tenant": tenant,
+        "flow_run_id": _flow_run_id(state),
+        "deleted": list(result.deleted),
+        "missing": list(result.missing),
+        "failures": [{"document_id": d, "error": e} for d, e in result.errors.items()],
+    }
+
+
+def ingest_summary(result: Any, *, tenant: str, flow_run_id: str | None) -> dict[str, Any]:
+    """An ``IngestResult`` as JSON: counts by status, failures with their reasons."""
+    counts: dict[str, int] = {}
+    for outcome in result.outcomes:
+        counts[str(outcome.status)] = counts.get(str(outcome.status), 0) + 1
+    return {
+        "kind": "ingest",
+        "collection": result.collection,
+        "tenant": tenant,
+        "flow_run_id": flow_run_id or _str_or_none(result.flow_run_id),
+        "documents": len(result.outcomes),
+        "counts": counts,
+        "failures": [
+            {"source": o.source_uri, "error": o.error}
+            for o in result.outcomes
+            if str(o.status) == "failed"
+        ],
+    }
+
+
+def _flow_run_id(state: Any) -> str | None:
+    return _str_or_none(getattr(state.state_details, "flow_run_id", None))
+
+
+def _str_or_none(value: uuid.UUID | str | None) -> str | None:
+    return str(value) if value else None
+
+
+@signals.worker_init.connect
+def _use_running_prefect_server(**_: Mapping[str, Any]) -> None:
+    # In the worker's main process, before it forks its children: they inherit the chosen
+    # PREFECT_API_URL, so no task starts Prefect's ephemeral server (20-30 s each).
+    from ingestflow.prefect_env import use_running_server
+
+    use_running_server()
