@@ -132,3 +132,43 @@ def eval_data() -> Path:
     if not EVAL_DATA.is_dir():
         pytest.fail(f"eval data not found at {EVAL_DATA}; clone the repository beside shared/")
     return EVAL_DATA
+
+
+@pytest.fixture(scope="module")
+def service_env(database_url, prefect_server, openai_server, tmp_path_factory):
+    """What the in-process API and its worker processes share (module-wide)."""
+    uploads = tmp_path_factory.mktemp("uploads")
+    from tests.support.service import service_environment
+
+    return service_environment(
+        database_url=database_url,
+        prefect_api_url=prefect_server,
+        openai_base_url=openai_server.base_url,
+        upload_dir=uploads,
+    )
+
+
+@pytest.fixture(scope="module")
+def served(service_env, tmp_path_factory):
+    """The ingest and delete deployments served by a subprocess (module-wide)."""
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    from tests.support.service import served_deployments
+
+    with served_deployments(service_env, log) as proc:
+        yield proc
+
+
+@pytest.fixture
+def api(service_env, served, monkeypatch):
+    """The API in-process (TestClient) on the Prefect backend, with the served deployments."""
+    for name, value in service_env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("INGESTFLOW_QUEUE_BACKEND", "prefect")
+    reset_caches()
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    with TestClient(create_app()) as client:
+        yield client
+    reset_caches()

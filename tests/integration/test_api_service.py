@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,38 +14,7 @@ from fastapi.testclient import TestClient
 from tests.conftest import reset_caches
 from tests.integration.test_api import make_key
 from tests.support.db import chunk_rows, document_rows, statuses
-from tests.support.service import served_deployments, service_environment, wait_until
-
-
-@pytest.fixture(scope="module")
-def service_env(database_url, prefect_server, openai_server, tmp_path_factory):
-    uploads = tmp_path_factory.mktemp("uploads")
-    return service_environment(
-        database_url=database_url,
-        prefect_api_url=prefect_server,
-        openai_base_url=openai_server.base_url,
-        upload_dir=uploads,
-    )
-
-
-@pytest.fixture(scope="module")
-def served(service_env, tmp_path_factory):
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with served_deployments(service_env, log) as proc:
-        yield proc
-
-
-@pytest.fixture
-def api(service_env, served, monkeypatch) -> Iterator[TestClient]:
-    for name, value in service_env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("INGESTFLOW_QUEUE_BACKEND", "prefect")
-    reset_caches()
-    from api.app import create_app
-
-    with TestClient(create_app()) as client:
-        yield client
-    reset_caches()
+from tests.support.service import wait_until
 
 
 @pytest.fixture
