@@ -8,12 +8,14 @@ nothing. Include it with ``app.include_router(metrics.router)``.
 Exposed (all prefixed ``ingestflow_``): ``up``, ``documents{status}``, ``chunks``,
 ``failures{reason}`` (failed documents by error code), ``stage_seconds{stage}`` (``_sum`` and
 ``_count``), ``embedding_tokens_total``, ``queue_depth`` and ``queue_up``. When the queue
-backend cannot be reached, ``queue_depth`` is left out and ``queue_up`` is 0; when the
-database cannot be reached, the scrape answers 503.
+backend cannot be reached, or does not answer within ``QUEUE_TIMEOUT_SECONDS``,
+``queue_depth`` is left out and ``queue_up`` is 0; when the database cannot be reached, the
+scrape answers 503.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 
@@ -35,6 +37,9 @@ from storage.metrics import PipelineMetrics
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["operations"])
+# Prometheus gives up on a scrape after 10 s by default; a hung queue backend must cost the
+# queue samples only, not every metric.
+QUEUE_TIMEOUT_SECONDS = 3.0
 
 
 @router.get(
@@ -53,7 +58,11 @@ async def metrics() -> Response:
         log.warning("metrics unavailable: %s", exc.reason)
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
         return error_response(503, "service_unavailable", exc.reason, headers)
-    depth = await run_in_threadpool(_queue_depth)
+    try:
+        depth = await asyncio.wait_for(run_in_threadpool(_queue_depth), QUEUE_TIMEOUT_SECONDS)
+    except TimeoutError:
+        log.warning("queue depth: no answer within %s s", QUEUE_TIMEOUT_SECONDS)
+        depth = None
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PipelineCollector(snapshot, depth))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,8 +34,11 @@ class _Backend:
 
     def __init__(self, depth: int | None) -> None:
         self.depth = depth
+        self.answer = threading.Event()
+        self.answer.set()
 
     def queue_depth(self) -> int:
+        self.answer.wait(timeout=30)  # bounded, so a regression fails instead of hanging
         if self.depth is None:
             raise BackendUnavailableError("redis is not reachable")
         return self.depth
@@ -227,6 +231,21 @@ def test_queue_outage_drops_only_the_queue_depth(database_url, client, queue):
     samples = scrape(client)
 
     assert value(samples, "ingestflow_up") == 1
+    assert value(samples, "ingestflow_queue_up") == 0
+    assert not [k for k in samples if k[0] == "ingestflow_queue_depth"]
+    assert_matches_the_database(samples)
+
+
+def test_a_hung_queue_backend_drops_only_the_queue_depth(database_url, client, queue, monkeypatch):
+    from api.routes import metrics
+
+    monkeypatch.setattr(metrics, "QUEUE_TIMEOUT_SECONDS", 0.2)
+    queue.answer.clear()  # the backend blocks until the scrape has given up on it
+    try:
+        samples = scrape(client)
+    finally:
+        queue.answer.set()
+
     assert value(samples, "ingestflow_queue_up") == 0
     assert not [k for k in samples if k[0] == "ingestflow_queue_depth"]
     assert_matches_the_database(samples)
