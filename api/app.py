@@ -14,7 +14,7 @@ from fastapi_offline import FastAPIOffline
 from api.deps import authenticate
 from api.errors import install_error_handlers
 from api.models import ErrorResponse
-from api.routes import documents, jobs, ops, search, uploads
+from api.routes import documents, jobs, metrics, ops, search, uploads
 from ingestflow import __version__
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -27,6 +27,7 @@ def create_app() -> FastAPI:
     app = FastAPIOffline(title="ingestflow", version=__version__, docs_url="/docs")
     install_error_handlers(app)
     app.include_router(ops.router)
+    app.include_router(metrics.router)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)], responses=_ERRORS)
     v1.include_router(uploads.router)
     v1.include_router(documents.router)

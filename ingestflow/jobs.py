@@ -42,7 +42,7 @@ class JobView:
     id: str
     state: JobState
     kind: JobKind | None
-    collection: str | None
+    collection: str
     documents_total: int
     documents_done: int
     documents_failed: int

@@ -27,7 +27,13 @@ PERMANENT = {
     CollectionNotFoundError,
     DocumentNotFoundError,
 }
-TRANSIENT = {errors.IngestError, errors.FetchError, errors.EmbedError, errors.StoreError}
+TRANSIENT = {
+    errors.IngestError,
+    errors.FetchError,
+    errors.EmbedError,
+    errors.StoreError,
+    errors.BackendUnavailableError,
+}
 ALL = sorted(PERMANENT | TRANSIENT, key=lambda cls: cls.__name__)
 
 
