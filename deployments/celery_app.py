@@ -27,12 +27,13 @@ see ``ingestflow.prefect_env``; never an ephemeral server per task).
 **A worker that dies mid-task.** Tasks are acknowledged late (``task_acks_late``) and a task
 whose worker process is lost is rejected back to the queue (``task_reject_on_worker_lost``);
 a worker killed outright (SIGKILL, a lost machine) leaves its message unacknowledged in Redis,
-and any worker re-queues it once it is older than the visibility timeout. Either way the task
-runs again from the start. That is safe because the flows are idempotent: a document whose
-bytes (sha256) are already indexed ends ``unchanged`` without being embedded again, a
-document caught half-way is replaced atomically, and deleting twice is harmless. The
-visibility timeout (``INGESTFLOW_CELERY_VISIBILITY_TIMEOUT``, 3 h by default) must exceed the
-longest job, or a job still running is handed to a second worker as well.
+and a worker re-queues it once it is older than the visibility timeout (kombu checks when a
+worker starts, then about every 100 s). Either way the task runs again from the start. That
+is safe because the flows are idempotent: a document whose bytes (sha256) are already indexed
+ends ``unchanged`` without being embedded again, a document caught half-way is replaced
+atomically, and deleting twice is harmless. The visibility timeout
+(``INGESTFLOW_CELERY_VISIBILITY_TIMEOUT``, 3 h by default) must exceed the longest job, or a
+job still running is handed to a second worker as well.
 
 Configuration is read from ``ingestflow.settings`` (``REDIS_URL``) when the app is first
 configured, not at import, and is added as Celery *defaults*: a user's own
@@ -127,7 +128,6 @@ def celery_config() -> dict[str, Any]:
                 "interval_max": 1,
             },
         },
-        "worker_hijack_root_logger": False,
     }
 
 
@@ -163,15 +163,14 @@ def _begin(task: Task) -> None:
     (a revoke is broadcast to the workers running at the time and kept only in memory)."""
     job_id = task.request.id
     client = task.backend.client
-    pipe = client.pipeline()
-    pipe.hset(job_key(job_id), "started_at", utc_now())
-    pipe.expire(job_key(job_id), RESULT_TTL_SECONDS)
-    pipe.hget(job_key(job_id), "cancelled")
-    *_, cancelled = pipe.execute()
-    if cancelled:
+    if client.hget(job_key(job_id), "cancelled"):
         # task_track_started has just stored STARTED over the REVOKED that cancel() wrote.
         task.backend.mark_as_revoked(job_id, "cancelled", request=task.request)
         raise Ignore()
+    pipe = client.pipeline()
+    pipe.hset(job_key(job_id), "started_at", utc_now())
+    pipe.expire(job_key(job_id), RESULT_TTL_SECONDS)
+    pipe.execute()
 
 
 # Tasks -------------------------------------------------------------------------------------

@@ -131,7 +131,9 @@ def wait_finished(backend, job_id: str, worker=None) -> JobInfo:
 def test_submitted_ingest_runs_the_flow_and_indexes(worker, backend, collection, tmp_path):
     paths = write_docs(tmp_path / "docs", collection, ["a.txt", "b.txt"])
 
-    job = backend.submit_ingest(ingest_request(collection, paths, priority=Priority.HIGH))
+    request = ingest_request(collection, paths, priority=Priority.HIGH, idempotency_key="k-1")
+    job = backend.submit_ingest(request)
+    assert backend.submit_ingest(request) == job  # the same key is the same job
     info = wait_finished(backend, job, worker)
 
     assert info.state is JobState.COMPLETED, info
@@ -206,6 +208,16 @@ def test_submitted_delete_deletes(worker, backend, collection, tmp_path):
     assert {r["source_uri"].rsplit("/", 1)[-1] for r in chunk_rows(collection)} == {"keep.txt"}
     assert consistency_problems(collection) == []
 
+    # A flow that raises fails the job, with the reason and without the traceback.
+    nowhere = f"{collection}_missing"
+    failing = backend.submit_delete(
+        DeleteRequest(tenant="default", collection=nowhere, document_ids=[str(drop)])
+    )
+    failed = wait_finished(backend, failing, worker)
+    assert failed.state is JobState.FAILED and failed.message, failed
+    assert f"collection {nowhere!r} does not exist" in failed.message
+    assert "Traceback" not in failed.message
+
 
 def test_a_job_cancelled_while_queued_behind_a_long_one_never_runs(
     worker, backend, collection, tmp_path
@@ -233,6 +245,47 @@ def test_a_job_cancelled_while_queued_behind_a_long_one_never_runs(
     assert statuses(collection) == {"long.txt": "indexed", "later.txt": "indexed"}
     assert backend.queue_depth() == 0
     assert backend.cancel(queued).state is JobState.CANCELLED  # cancelling again: no change
+
+
+def test_waiting_jobs_start_in_priority_order(worker, backend, collection, tmp_path):
+    gate = Gate(tmp_path / "first.txt")
+    docs = write_docs(tmp_path / "docs", collection, ["low.txt", "normal.txt", "high.txt"])
+    first = backend.submit_ingest(ingest_request(collection, [gate.path]))
+    held = gate.wait_reader()
+    jobs = [
+        backend.submit_ingest(ingest_request(collection, [doc], priority=Priority(doc.stem)))
+        for doc in docs  # submitted low first, high last
+    ]
+    gate.feed(text_for("first.txt", collection), held)
+
+    infos = [wait_finished(backend, job, worker) for job in [first, *jobs]]
+    assert {i.state for i in infos} == {JobState.COMPLETED}
+    low, normal, high = infos[1:]
+    assert high.started_at < normal.started_at < low.started_at  # type: ignore[operator]
+
+
+def test_cancel_stops_a_running_job_and_one_queued_while_no_worker_listened(
+    celery_redis, pipeline, backend, collection, tmp_path
+):
+    gate = Gate(tmp_path / "running.txt")
+    unheard_doc, later_doc = write_docs(tmp_path / "docs", collection, ["unheard.txt", "later.txt"])
+    running = backend.submit_ingest(ingest_request(collection, [gate.path]))
+    unheard = backend.submit_ingest(ingest_request(collection, [unheard_doc]))
+    # No worker is running: the revoke broadcast reaches nobody; the job's record must do.
+    assert backend.cancel(unheard).state is JobState.CANCELLED
+
+    with run_celery_worker(env=worker_env(), log_dir=tmp_path) as worker:
+        held = gate.wait_reader()
+        stopping = backend.cancel(running)
+        assert stopping.state in (JobState.CANCELLING, JobState.CANCELLED), stopping
+        assert wait_finished(backend, running, worker).state is JobState.CANCELLED
+        os.close(held)
+        later = backend.submit_ingest(ingest_request(collection, [later_doc]))
+        assert wait_finished(backend, later, worker).state is JobState.COMPLETED  # after both
+
+    assert backend.status([unheard])[unheard].state is JobState.CANCELLED
+    assert statuses(collection) == {"later.txt": "indexed"}
+    assert backend.queue_depth() == 0
 
 
 def chunk_snapshot(collection: str) -> list[tuple[str, int, str]]:
