@@ -1,19 +1,37 @@
-"""The Prefect deployments of the ingest and sweep flows, defined in Python.
+"""The Prefect deployments of the ingest, delete and sweep flows, defined in Python.
 
-``prefect.yaml`` declares the same deployments for ``prefect deploy --all`` on a process
-work pool; ``serve_deployments()`` runs them in this process without a work pool.
+Two ways to run them:
+
+- ``serve_deployments()`` serves them from one process, no work pool needed (``serve()`` has
+  no work queues, so job priorities only show in the tags);
+- ``deploy_to_work_pool()`` creates the ``ingestflow-process`` pool with its priority queues
+  (``ensure_work_pool()``) and registers the deployments there, for
+  ``prefect worker start --pool ingestflow-process``. ``prefect.yaml`` declares the same
+  deployments for ``prefect deploy --all``.
+
 The ``sweep-bucket`` deployment is scheduled by ``INGESTFLOW_SWEEP_CRON`` and sweeps
 ``INGESTFLOW_SWEEP_URI`` into ``INGESTFLOW_SWEEP_COLLECTION``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, cast
+from uuid import UUID
 
+from deployments.queue import Priority
 from ingestflow.settings import get_settings
 
 WORK_POOL = "ingestflow-process"
 DEPLOYMENT_TAGS = ["ingestflow"]
+# The pool's work queues by name, with their priority (1 is polled first). A run with no
+# queue named goes to the pool's default queue, which is "normal".
+WORK_QUEUES: dict[str, int] = {
+    Priority.HIGH.value: 1,
+    Priority.NORMAL.value: 2,
+    Priority.LOW.value: 3,
+}
+DEFAULT_QUEUE = Priority.NORMAL.value
 
 
 def deployment_specs() -> dict[str, dict[str, Any]]:
@@ -27,6 +45,10 @@ def deployment_specs() -> dict[str, dict[str, Any]]:
             "description": "Ingest many documents in micro-batches.",
             "tags": DEPLOYMENT_TAGS,
         },
+        "delete-documents": {
+            "description": "Delete documents: chunks, index rows and uploaded copies.",
+            "tags": DEPLOYMENT_TAGS,
+        },
         "sweep-bucket": {
             "description": "Keep a collection in step with a bucket prefix, on a schedule.",
             "tags": DEPLOYMENT_TAGS,
@@ -34,22 +56,37 @@ def deployment_specs() -> dict[str, dict[str, Any]]:
     }
 
 
-def build_deployments() -> list[Any]:
-    """RunnerDeployments for ``prefect.serve``; the sweep only when a URI is configured."""
-    from prefect import Flow
+def build_deployments(*, for_work_pool: bool = False) -> list[Any]:
+    """RunnerDeployments of the flows; the sweep only when a URI is configured.
 
-    from flows import ingest_batch, ingest_document, sweep_bucket
+    ``for_work_pool`` targets the pool's default queue and names the flows by module path
+    (``flows.ingest.ingest_batch``), so a worker imports them from the installed package
+    without any code storage.
+    """
+    from prefect import Flow
+    from prefect.deployments.runner import EntrypointType
+
+    from flows import delete_documents, ingest_batch, ingest_document, sweep_bucket
 
     specs = deployment_specs()
-    built = [
-        ingest_document.to_deployment(name="ingest-document", **specs["ingest-document"]),
-        ingest_batch.to_deployment(name="ingest-batch", **specs["ingest-batch"]),
-    ]
+    extra: dict[str, Any] = {}
+    if for_work_pool:
+        extra = {
+            "work_pool_name": WORK_POOL,
+            "work_queue_name": DEFAULT_QUEUE,
+            "entrypoint_type": EntrypointType.MODULE_PATH,
+        }
+    flows: dict[str, Flow[..., Any]] = {
+        "ingest-document": ingest_document,
+        "ingest-batch": ingest_batch,
+        "delete-documents": delete_documents,
+    }
+    built = [flow.to_deployment(name=name, **specs[name], **extra) for name, flow in flows.items()]
     sweep = get_settings().sweep
     if sweep.uri:
-        flow: Flow[..., Any] = sweep_bucket
+        sweep_flow: Flow[..., Any] = sweep_bucket
         built.append(
-            flow.to_deployment(
+            sweep_flow.to_deployment(
                 name="sweep-bucket",
                 cron=sweep.cron,
                 parameters={
@@ -58,13 +95,77 @@ def build_deployments() -> list[Any]:
                     "max_delete_fraction": sweep.max_delete_fraction,
                 },
                 **specs["sweep-bucket"],
+                **extra,
             )
         )
     return built
 
 
-def serve_deployments() -> None:
-    """Serve the deployments from this process until interrupted."""
+def serve_deployments(limit: int | None = None) -> None:
+    """Serve the deployments from this process until interrupted, running at most ``limit``
+    flow runs at once (each is a process of its own)."""
     from prefect import serve
 
-    serve(*build_deployments())
+    serve(*build_deployments(), limit=limit)
+
+
+def ensure_work_pool() -> None:
+    """Create the ``ingestflow-process`` pool and its queues high (1), normal (2, the
+    default) and low (3), or bring existing ones to those priorities. Idempotent.
+
+    A worker polls the queues in priority order, so when the pool or the worker has a
+    concurrency limit (``prefect worker start --limit N``) high-priority runs start first.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import WorkQueueFilter
+
+    with get_client(sync_client=True) as client:
+        pool = _read_or_create_pool(client)
+        # Prefect 3.8's sync client sends nulls the server rejects unless all three are given.
+        found = client.read_work_queues(
+            work_pool_name=WORK_POOL, work_queue_filter=WorkQueueFilter(), limit=200, offset=0
+        )
+        queues = {q.name: q for q in found}
+        default = next((q for q in queues.values() if q.id == pool.default_queue_id), None)
+        if DEFAULT_QUEUE not in queues and default is not None and default.name == "default":
+            # Runs that name no queue go to the pool's default queue: make it "normal".
+            client.update_work_queue(default.id, name=DEFAULT_QUEUE)
+            queues[DEFAULT_QUEUE] = default
+        # In priority order: the server renumbers the other queues on every change.
+        for name, priority in sorted(WORK_QUEUES.items(), key=lambda item: item[1]):
+            queue = queues.get(name)
+            if queue is None:
+                client.create_work_queue(name=name, priority=priority, work_pool_name=WORK_POOL)
+            elif queue.priority != priority:
+                client.update_work_queue(queue.id, priority=priority)
+
+
+def _read_or_create_pool(client: Any) -> Any:
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    try:
+        return client.read_work_pool(WORK_POOL)
+    except ObjectNotFound:
+        pass
+    template = ProcessWorker.get_default_base_job_template()
+    # Another process may create it in between; either way it exists afterwards.
+    with contextlib.suppress(ObjectAlreadyExists):
+        client.create_work_pool(
+            WorkPoolCreate(name=WORK_POOL, type="process", base_job_template=template)
+        )
+    return client.read_work_pool(WORK_POOL)
+
+
+def deploy_to_work_pool() -> list[UUID]:
+    """Register the deployments on the ``ingestflow-process`` pool (creating it and its
+    queues first); returns their ids. Run a worker with
+    ``prefect worker start --pool ingestflow-process``."""
+    ensure_work_pool()
+    # RunnerDeployment.apply rather than prefect.deploy(): in Prefect 3.8 the sync deploy()
+    # asks the server for the pool's workers with a request it rejects (422).
+    return [
+        cast(UUID, d.apply(work_pool_name=WORK_POOL, _sync=True))
+        for d in build_deployments(for_work_pool=True)
+    ]

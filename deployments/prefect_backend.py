@@ -1,0 +1,403 @@
+"""The Prefect queue backend: a job is a flow run of the ``ingest-batch`` or
+``delete-documents`` deployment, created on the Prefect server and run by whatever serves the
+deployments (``serve()`` or a worker on the ``ingestflow-process`` pool).
+
+The API calls this from its threadpool, so everything here is synchronous and fails fast:
+each call opens its own ``SyncPrefectClient`` with short timeouts, no connection retries and
+at most ``_MAX_RETRIES`` retries of a 503 (Prefect's defaults, 3 connection retries and 5
+request retries with exponential backoff, hold a request for about a minute when the server is
+down). Prefect is imported inside the functions: the API and the CLI import this module.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from deployments.queue import (
+    DeleteRequest,
+    IngestRequest,
+    JobInfo,
+    JobKind,
+    JobState,
+    Priority,
+    register_backend,
+)
+from ingestflow.errors import BackendUnavailableError
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.objects import FlowRun
+
+INGEST_DEPLOYMENT = "ingest-batch/ingest-batch"
+DELETE_DEPLOYMENT = "delete-documents/delete-documents"
+_DEPLOYMENT_NAMES = ["ingest-batch", "delete-documents", "ingest-document"]
+_KIND_BY_FLOW = {"ingest-batch": JobKind.INGEST, "delete-documents": JobKind.DELETE}
+_CONNECT_TIMEOUT = 2.0
+_REQUEST_TIMEOUT = 10.0
+_PING_TIMEOUT = 2.0
+# Two retries of a 503 ride out SQLite's "database is locked" (about 2 s, then 4 s).
+_MAX_RETRIES = 2
+
+_STATE_BY_TYPE = {
+    "SCHEDULED": JobState.QUEUED,
+    "PENDING": JobState.QUEUED,
+    "PAUSED": JobState.QUEUED,
+    "RUNNING": JobState.RUNNING,  # Prefect's "Retrying" is a RUNNING-type state
+    "COMPLETED": JobState.COMPLETED,
+    "FAILED": JobState.FAILED,
+    "CRASHED": JobState.FAILED,
+    "CANCELLING": JobState.CANCELLING,
+    "CANCELLED": JobState.CANCELLED,
+}
+
+
+def flow_run_url(flow_run_id: str | None) -> str | None:
+    """The flow run's page in the Prefect UI, or None when no UI address is known.
+
+    The UI is ``INGESTFLOW_QUEUE_PREFECT_UI_URL``, else ``PREFECT_API_URL`` without its
+    ``/api`` suffix (and without credentials).
+    """
+    if not flow_run_id:
+        return None
+    base = _ui_base()
+    return f"{base}/runs/flow-run/{flow_run_id}" if base else None
+
+
+def _ui_base() -> str | None:
+    import os
+
+    from ingestflow.settings import get_settings
+
+    configured = get_settings().queue.prefect_ui_url
+    if configured:
+        return configured.rstrip("/")
+    api = os.environ.get("PREFECT_API_URL", "").rstrip("/")
+    if not api.endswith("/api"):
+        return None
+    return _without_credentials(api.removesuffix("/api"))
+
+
+def _without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+class PrefectBackend:
+    """Jobs as flow runs of the Prefect deployments (see the module docstring)."""
+
+    name = "prefect"
+
+    def submit_ingest(self, request: IngestRequest) -> str:
+        """Create a flow run of ``ingest-batch`` for the request's sources; returns its id."""
+        parameters = {
+            "sources": list(request.sources),
+            "collection": request.collection,
+            "tenant": request.tenant,
+            "force": request.force,
+        }
+        return self._submit(
+            INGEST_DEPLOYMENT, parameters, JobKind.INGEST, request, request.idempotency_key
+        )
+
+    def submit_delete(self, request: DeleteRequest) -> str:
+        """Create a flow run of ``delete-documents``; returns its id."""
+        parameters = {
+            "document_ids": list(request.document_ids),
+            "collection": request.collection,
+            "tenant": request.tenant,
+        }
+        return self._submit(
+            DELETE_DEPLOYMENT, parameters, JobKind.DELETE, request, request.idempotency_key
+        )
+
+    def status(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        """The flow runs among ``job_ids`` that exist, read in one request."""
+        ids = _uuids(job_ids)
+        if not ids:
+            return {}
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+        from prefect.client.schemas.sorting import FlowRunSort
+
+        with _client() as client:
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
+                sort=FlowRunSort.ID_DESC,  # the server rejects an unsorted filter
+                limit=len(ids),
+            )
+            flow_names = _flow_names(client, runs)
+        return {str(r.id): _job_info(r, flow_names.get(r.flow_id)) for r in runs}
+
+    def cancel(self, job_id: str) -> JobInfo:
+        """Cancel the flow run: a run not started yet is ``Cancelled`` at once; a running one
+        goes ``Cancelling`` and its runner or worker kills the process. Finished runs, and ids
+        Prefect does not know, are returned unchanged."""
+        ids = _uuids([job_id])
+        if not ids:
+            return JobInfo(id=job_id, backend=self.name, state=JobState.UNKNOWN)
+        from prefect.exceptions import ObjectNotFound
+
+        with _client() as client:
+            try:
+                run = client.read_flow_run(ids[0])
+            except ObjectNotFound:
+                return JobInfo(id=job_id, backend=self.name, state=JobState.UNKNOWN)
+            state = _cancel_state(run)
+            if state is not None:
+                client.set_flow_run_state(run.id, state)
+                run = client.read_flow_run(run.id)
+            flow_names = _flow_names(client, [run])
+        return _job_info(run, flow_names.get(run.flow_id))
+
+    def ping(self) -> None:
+        """Return if the Prefect API answers ``/health`` within about 2 s."""
+        with _client(timeout=_PING_TIMEOUT, retries=0) as client:
+            failure = client.api_healthcheck()
+            if failure is not None:
+                raise failure
+
+    def queue_depth(self) -> int:
+        """Flow runs of our deployments waiting to start (scheduled for now or earlier, or
+        pending); future runs of a sweep schedule do not count."""
+        from prefect.client.schemas.filters import (
+            DeploymentFilter,
+            DeploymentFilterName,
+            FlowRunFilter,
+            FlowRunFilterExpectedStartTime,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+            FlowRunFilterTags,
+        )
+        from prefect.client.schemas.objects import StateType
+
+        waiting = FlowRunFilter(
+            state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING])
+            ),
+            tags=FlowRunFilterTags(all_=["ingestflow"]),
+            expected_start_time=FlowRunFilterExpectedStartTime(
+                before_=datetime.now(UTC)  # type: ignore[arg-type]  # pydantic takes datetime
+            ),
+        )
+        ours = DeploymentFilter(name=DeploymentFilterName(any_=_DEPLOYMENT_NAMES))
+        with _client() as client:
+            return int(client.count_flow_runs(flow_run_filter=waiting, deployment_filter=ours))
+
+    def _submit(
+        self,
+        deployment_name: str,
+        parameters: dict[str, Any],
+        kind: JobKind,
+        request: IngestRequest | DeleteRequest,
+        idempotency_key: str | None,
+    ) -> str:
+        from prefect.exceptions import ObjectNotFound
+        from prefect.states import Scheduled
+
+        tags = [
+            "ingestflow",
+            f"tenant:{request.tenant}",
+            f"collection:{request.collection}",
+            f"kind:{kind.value}",
+            f"priority:{request.priority.value}",
+        ]
+        with _client() as client:
+            try:
+                deployment = client.read_deployment_by_name(deployment_name)
+            except ObjectNotFound:
+                raise BackendUnavailableError(
+                    f"the Prefect deployment {deployment_name!r} does not exist yet;"
+                    " start `ingestflow up` or serve the deployments"
+                ) from None
+            # What prefect.deployments.run_deployment(..., timeout=0) does in a sync context,
+            # on this module's fail-fast client (run_deployment builds its own, with
+            # Prefect's long default retries). Served deployments have no work pool and so
+            # no queues: the priority then only shows in the tags.
+            run = client.create_flow_run_from_deployment(
+                deployment.id,
+                parameters=parameters,
+                state=Scheduled(),
+                tags=tags,
+                idempotency_key=idempotency_key,
+                work_queue_name=(
+                    queue_name(request.priority) if deployment.work_pool_name else None
+                ),
+            )
+        return str(run.id)
+
+
+def queue_name(priority: Priority) -> str:
+    """The work queue of the ``ingestflow-process`` pool that runs jobs of ``priority``."""
+    return priority.value
+
+
+def _uuids(job_ids: Sequence[str]) -> list[uuid.UUID]:
+    found = []
+    for job_id in job_ids:
+        try:
+            found.append(uuid.UUID(str(job_id)))
+        except ValueError:
+            continue  # not a flow run id: left out, like an id Prefect does not know
+    return list(dict.fromkeys(found))
+
+
+def _cancel_state(run: FlowRun) -> Any:
+    """The state to propose to cancel ``run``, or None when it is already final."""
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Cancelled, Cancelling
+
+    kind = run.state.type if run.state else None
+    if kind in (StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED):
+        return Cancelled(message="cancelled before it started")
+    if kind == StateType.RUNNING:
+        return Cancelling(message="cancellation requested")
+    return None
+
+
+def _job_info(run: FlowRun, flow_name: str | None) -> JobInfo:
+    tags = dict(t.split(":", 1) for t in run.tags if ":" in t)
+    return JobInfo(
+        id=str(run.id),
+        backend="prefect",
+        state=_job_state(run),
+        kind=_kind(tags.get("kind"), flow_name),
+        created_at=run.created,
+        started_at=run.start_time,
+        finished_at=run.end_time,
+        flow_run_id=str(run.id),
+        message=(run.state.message or None) if run.state else None,
+        tags=tags,
+    )
+
+
+def _job_state(run: FlowRun) -> JobState:
+    if run.state is None:
+        return JobState.UNKNOWN
+    if run.state.name == "AwaitingRetry":
+        # A SCHEDULED-type state, but the flow's own process is still there, between tries.
+        return JobState.RUNNING
+    return _STATE_BY_TYPE.get(run.state.type.value, JobState.UNKNOWN)
+
+
+def _kind(tag: str | None, flow_name: str | None) -> JobKind | None:
+    if tag in (JobKind.INGEST.value, JobKind.DELETE.value):
+        return JobKind(tag)
+    return _KIND_BY_FLOW.get(flow_name or "")
+
+
+def _flow_names(client: SyncPrefectClient, runs: Sequence[FlowRun]) -> dict[uuid.UUID, str]:
+    """Flow names of the runs whose tags do not say their kind (runs not created here)."""
+    untagged = {r.flow_id for r in runs if not any(t.startswith("kind:") for t in r.tags)}
+    if not untagged:
+        return {}
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterId
+
+    flows = client.read_flows(flow_filter=FlowFilter(id=FlowFilterId(any_=list(untagged))))
+    return {f.id: f.name for f in flows}
+
+
+def api_url() -> str:
+    """The Prefect API this process talks to: ``PREFECT_API_URL`` (environment or Prefect
+    profile), else a server answering on 127.0.0.1:4200. Never Prefect's ephemeral server:
+    nothing would serve the deployments there."""
+    from ingestflow.prefect_env import use_running_server
+
+    url = use_running_server()
+    if not url:
+        raise BackendUnavailableError(
+            "no Prefect server: set PREFECT_API_URL or start one with `ingestflow up`"
+        )
+    return url
+
+
+@contextmanager
+def _client(
+    *, timeout: float = _REQUEST_TIMEOUT, retries: int = _MAX_RETRIES
+) -> Iterator[SyncPrefectClient]:
+    """A fresh sync client with bounded timeouts and retries; transport and HTTP errors
+    leave as ``BackendUnavailableError``.
+
+    Fresh, because Prefect's client retries refused connections once it has connected, and
+    a down server must fail at once.
+    """
+    import httpx
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.context import SettingsContext
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY
+
+    url = api_url()
+    httpx_settings = {
+        "timeout": httpx.Timeout(timeout, connect=min(timeout, _CONNECT_TIMEOUT)),
+        # Our own transport: Prefect sets 3 connection retries (1.5 s of backoff) on its own.
+        "transport": httpx.HTTPTransport(retries=0, verify=_ssl_context()),
+        "verify": _ssl_context(),
+    }
+    try:
+        with (
+            SettingsContext(**_bounded_settings(retries)),
+            SyncPrefectClient(
+                url,
+                auth_string=PREFECT_API_AUTH_STRING.value(),
+                api_key=PREFECT_API_KEY.value(),
+                httpx_settings=httpx_settings,
+            ) as client,
+        ):
+            yield client
+    except ObjectNotFound:
+        raise
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code < 500 and exc.response.status_code not in (408, 429):
+            raise  # a request this module got wrong, not an outage
+        raise _unavailable(exc, url) from exc
+    except (httpx.HTTPError, OSError) as exc:
+        raise _unavailable(exc, url) from exc
+
+
+def _unavailable(exc: BaseException, url: str) -> BackendUnavailableError:
+    """A one-line reason that names the server's host but never its credentials."""
+    import httpx
+
+    where = urlsplit(url).netloc.rpartition("@")[2]
+    if isinstance(exc, httpx.HTTPStatusError):
+        what = f"answered HTTP {exc.response.status_code}"
+    elif isinstance(exc, httpx.TimeoutException):
+        what = "did not answer in time"
+    else:
+        what = f"is unreachable ({type(exc).__name__})"
+    return BackendUnavailableError(f"the Prefect server at {where} {what}")
+
+
+@lru_cache(maxsize=4)
+def _bounded_settings(retries: int) -> dict[str, Any]:
+    """The current Prefect settings with ``retries`` request retries (built once: a copy of
+    Prefect's settings costs about 40 ms)."""
+    from prefect.context import get_settings_context
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES
+
+    current = get_settings_context()
+    settings = current.settings.copy_with_update(updates={PREFECT_CLIENT_MAX_RETRIES: retries})
+    return {"profile": current.profile, "settings": settings}
+
+
+@lru_cache(maxsize=1)
+def _ssl_context() -> Any:
+    # Built once: Prefect's client otherwise loads certifi's bundle on every construction.
+    import ssl
+
+    import certifi
+
+    return ssl.create_default_context(cafile=certifi.where())
+
+
+@register_backend("prefect")
+def prefect_backend() -> PrefectBackend:
+    """The ``prefect`` queue backend."""
+    return PrefectBackend()

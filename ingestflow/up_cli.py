@@ -1,0 +1,111 @@
+"""``ingestflow up``: the whole local stack in one command; Ctrl-C stops all of it."""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from ingestflow.cli_support import console, err, one_line_errors
+
+if TYPE_CHECKING:
+    from deployments.local_stack import LocalStack
+
+
+class Backend(enum.StrEnum):
+    PREFECT = "prefect"
+    CELERY = "celery"
+
+
+class Runner(enum.StrEnum):
+    SERVE = "serve"
+    WORKER = "worker"
+
+
+@one_line_errors
+def up(
+    host: Annotated[str, typer.Option(help="Address the API listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the API.")] = 8000,
+    prefect_port: Annotated[
+        int, typer.Option(help="Port of the Prefect server and UI, if `up` starts one.")
+    ] = 4200,
+    backend: Annotated[
+        Backend | None,
+        typer.Option(help="Queue backend (default: INGESTFLOW_QUEUE_BACKEND, else prefect)."),
+    ] = None,
+    runner: Annotated[
+        Runner,
+        typer.Option(
+            help="serve: the deployments served from one process (fastest start of a run);"
+            " worker: a process worker on the ingestflow-process pool (job priorities)."
+        ),
+    ] = Runner.SERVE,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="Flow runs at once, each a process of its own.")
+    ] = 2,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Prefect's home and the logs (default: the user's data dir)."),
+    ] = None,
+) -> None:
+    """Start the database, a Prefect server with its UI, the deployments, and the API.
+
+    With no DATABASE_URL the embedded Postgres is used. A Prefect server already answering
+    at PREFECT_API_URL (or on --prefect-port) is used instead of starting one.
+    """
+    from platformdirs import user_data_dir
+
+    from deployments.local_stack import StackOptions, run_stack
+    from ingestflow.settings import get_settings
+
+    options = StackOptions(
+        data_dir=data_dir or Path(user_data_dir("ingestflow")),
+        host=host,
+        port=port,
+        prefect_port=prefect_port,
+        backend=backend.value if backend else get_settings().queue.backend,
+        runner=runner.value,
+        concurrency=concurrency,
+    )
+    err.print("starting the database, Prefect, the deployments and the API ...")
+    code = run_stack(options, _announce)
+    err.print("stopped")
+    raise typer.Exit(code)
+
+
+def _announce(stack: LocalStack) -> None:
+    """Print where everything is, once it is all ready."""
+    options = stack.options
+    prefect = "started here" if stack.prefect_started else "already running"
+    runs = (
+        "served by one process (no priority queues)"
+        if options.runner == "serve"
+        else "a worker on the ingestflow-process pool (queues high, normal, low)"
+    )
+    if options.backend == "celery":
+        runs += "; jobs go through Celery (worker on Redis queues high, normal, low)"
+    lines = [
+        "[bold green]ingestflow is up[/bold green]",
+        f"  API          {stack.api_url}   (OpenAPI docs: {stack.api_url}/docs)",
+        f"  Prefect UI   {stack.ui_url}   ({prefect})",
+        f"  database     {stack.database}",
+        f"  runs         {runs}",
+        f"  logs         {stack.log_dir}",
+        "Create an API key:  ingestflow keys create --tenant default",
+        "Press Ctrl-C to stop everything.",
+    ]
+    if stack.prefect_started and not _prefect_on_postgres(stack):
+        lines.insert(
+            -2,
+            "  note: Prefect runs on SQLite, where each task waits about 2 s on locks;"
+            " set PREFECT_SERVER_DATABASE_CONNECTION_URL=postgresql+asyncpg://... for speed",
+        )
+    for line in lines:
+        console.print(line, highlight=False)
+
+
+def _prefect_on_postgres(stack: LocalStack) -> bool:
+    url = stack.env.get("PREFECT_SERVER_DATABASE_CONNECTION_URL", "")
+    return url.startswith("postgresql")
