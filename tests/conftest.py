@@ -172,3 +172,30 @@ def api(service_env, served, monkeypatch):
     with TestClient(create_app()) as client:
         yield client
     reset_caches()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A ``redis-server`` of this session's own, which tests may stop and restart."""
+    from tests.support.redis_server import run_redis_server
+
+    with run_redis_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def celery_redis(redis_server) -> Iterator[str]:
+    """``REDIS_URL`` for this process's Celery app (configured once, on first use) and for
+    the workers: the session's own Redis."""
+    from ingestflow.settings import get_settings
+
+    url = redis_server.url
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REDIS_URL", url)
+        get_settings.cache_clear()
+        from deployments.celery_app import app
+
+        if app.conf.broker_url != url:
+            pytest.fail("the Celery app was configured before REDIS_URL was set")
+        yield url
+    get_settings.cache_clear()

@@ -13,35 +13,17 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from deployments.queue import DeleteRequest, IngestRequest, JobInfo, JobKind, JobState, Priority
 from ingestflow.errors import BackendUnavailableError
-from tests.support.celery_worker import claimed_redis_db, run_celery_worker, worker_env
+from tests.support.celery_worker import run_celery_worker, worker_env
 from tests.support.db import chunk_rows, consistency_problems, document_rows, statuses
 from tests.support.processes import free_port
 
 JOB_TIMEOUT = 240.0  # a guard against hanging, not an expectation
-
-
-@pytest.fixture(scope="module")
-def celery_redis() -> Iterator[str]:
-    """A Redis database of this session's own, as ``REDIS_URL`` for this process's Celery app
-    (configured on first use) and for the workers."""
-    from ingestflow.settings import get_settings
-
-    with claimed_redis_db() as url, pytest.MonkeyPatch.context() as patch:
-        patch.setenv("REDIS_URL", url)
-        get_settings.cache_clear()
-        from deployments.celery_app import app
-
-        if app.conf.broker_url != url:
-            pytest.fail("the Celery app was configured before this module set REDIS_URL")
-        yield url
-    get_settings.cache_clear()
 
 
 @pytest.fixture

@@ -1,14 +1,12 @@
 """Real Celery workers for tests: ``celery -A deployments.celery_app worker`` subprocesses.
 
-    with claimed_redis_db() as redis_url:           # a Redis database no other session uses
-        with run_celery_worker(env=worker_env()) as worker:
-            ...                                      # submit jobs; worker.kill() for crashes
+    with run_celery_worker(env=worker_env(), log_dir=tmp_path) as worker:
+        ...                                          # submit jobs; worker.kill() for crashes
 
-Each test session claims its own Redis database number (a lock key in database 0 names the
-holder's pid, so a crashed session's claim is taken over), so concurrent sessions on one
-Redis never take each other's tasks. The worker runs in its own process group with prefork
-concurrency 1 (``revoke(terminate=True)`` needs a pool that can kill a child), consuming the
-three priority queues in order.
+Each test session has a Redis server of its own (the ``redis_server`` fixture), so
+concurrent sessions never take each other's tasks. The worker runs in its own process
+group with prefork concurrency 1 (``revoke(terminate=True)`` needs a pool that can kill a
+child), consuming the three priority queues in order.
 """
 
 from __future__ import annotations
@@ -22,13 +20,9 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 QUEUES = "ingestflow.high,ingestflow.normal,ingestflow.low"
-REDIS_BASE = "redis://127.0.0.1:6379"
-_DATABASES = range(15, 7, -1)  # the upper half; database 0 holds the claims
-_CLAIM_TTL = 12 * 3600
 # What a worker needs besides the inherited environment; the embedder settings are set by the
 # ``pipeline`` fixture with monkeypatch, so they are read when the worker starts.
 REQUIRED_ENV = ("DATABASE_URL", "PREFECT_API_URL", "REDIS_URL", "INGESTFLOW_EMBED_PROVIDER")
@@ -39,52 +33,6 @@ EMBEDDER_ENV = (
     "OPENAI_API_KEY",
     "INGESTFLOW_EMBED_MAX_RETRY_WAIT",
 )
-
-
-@contextmanager
-def claimed_redis_db(base_url: str = REDIS_BASE) -> Iterator[str]:
-    """Claim a Redis database for this process, empty it, yield its URL; release it after."""
-    import redis
-
-    claims = redis.Redis.from_url(f"{base_url}/0")
-    token = f"{os.getpid()}:{uuid.uuid4().hex}"
-    for db in _DATABASES:
-        key = f"ingestflow:test-redis-db:{db}"
-        if _claim(claims, key, token):
-            break
-    else:
-        raise RuntimeError("every test Redis database is claimed by a live test session")
-    url = f"{base_url}/{db}"
-    data = redis.Redis.from_url(url)
-    data.flushdb()  # leftovers of a crashed session: queued tasks, results
-    try:
-        yield url
-    finally:
-        data.flushdb()
-        if claims.get(key) == token.encode():
-            claims.delete(key)
-        data.close()
-        claims.close()
-
-
-def _claim(claims: Any, key: str, token: str) -> bool:
-    if claims.set(key, token, nx=True, ex=_CLAIM_TTL):
-        return True
-    holder = claims.get(key)
-    if holder is None or _alive(int(holder.split(b":", 1)[0])):
-        return False
-    claims.delete(key)  # its session died without releasing it
-    return bool(claims.set(key, token, nx=True, ex=_CLAIM_TTL))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def worker_env(**extra: str) -> dict[str, str]:
@@ -163,12 +111,18 @@ def _nodename() -> str:
 
 def _wait_ready(worker: CeleryWorker, timeout: float) -> None:
     """Until the worker answers a ping (its task consumer is up before its control one)."""
+    import kombu.exceptions
+    import redis.exceptions
+
     from deployments.celery_app import app
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if worker.proc.poll() is not None:
             raise RuntimeError(f"the Celery worker exited:\n{worker.log()}")
-        if app.control.ping(destination=[worker.hostname], timeout=1.0):
-            return
+        try:
+            if app.control.ping(destination=[worker.hostname], timeout=1.0):
+                return
+        except (redis.exceptions.ConnectionError, kombu.exceptions.OperationalError):
+            time.sleep(0.5)  # a pooled connection went stale when Redis restarted; retry
     raise RuntimeError(f"the Celery worker did not answer within {timeout} s:\n{worker.log()}")
