@@ -207,13 +207,9 @@ class LocalStack:
         self._start_runner()
         if self.options.backend == "celery":
             self._start_celery()
+        # The API comes last, so it answers /readyz only once jobs can be submitted.
         self._start_api()
         self._wait_for(f"{self.api_url}/readyz", "the API")
-        if self.options.runner == "serve":
-            self._wait_for(
-                f"{self.prefect_api}/deployments/name/ingest-batch/ingest-batch",
-                "the deployments",
-            )
 
     def watch(self) -> None:
         """Return when a stop is requested; raise ``StackStopped`` if a child exits."""
@@ -282,6 +278,9 @@ class LocalStack:
             self.children.append(
                 spawn("runner", [sys.executable, "-c", code], env=env, log_dir=self.log_dir)
             )
+            # serve() registers the deployments before it polls; the API needs them to exist.
+            for name in ("ingest-batch/ingest-batch", "delete-documents/delete-documents"):
+                self._wait_for(f"{self.prefect_api}/deployments/name/{name}", "the deployments")
             return
         self._deploy_to_work_pool()
         env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "1")
@@ -384,9 +383,13 @@ def _healthy(url: str, timeout: float = 2.0) -> bool:
 
 def _describe_url(url: str) -> str:
     """scheme://host:port/path with no credentials or query (it may hold a password)."""
+    from urllib.parse import parse_qs
+
     parts = urlsplit(url)
     host = parts.netloc.rpartition("@")[2]
-    return f"{parts.scheme}://{host}{parts.path}"
+    socket_dir = parse_qs(parts.query).get("host", [""])[0]
+    where = f" (socket in {socket_dir})" if not host and socket_dir.startswith("/") else ""
+    return f"{parts.scheme}://{host}{parts.path}{where}"
 
 
 def _bin(name: str) -> str:

@@ -53,11 +53,16 @@ def up(
     """Start the database, a Prefect server with its UI, the deployments, and the API.
 
     With no DATABASE_URL the embedded Postgres is used. A Prefect server already answering
-    at PREFECT_API_URL (or on --prefect-port) is used instead of starting one.
+    at PREFECT_API_URL (or on --prefect-port) is used instead of starting one; otherwise one
+    is started with its home under the data dir, on PREFECT_SERVER_DATABASE_CONNECTION_URL if
+    set, else on SQLite, where each task waits about 2 s on database locks: Postgres is
+    recommended (postgresql+asyncpg://...; not the embedded one, which lacks pg_trgm).
+    Ctrl-C stops everything.
     """
     from platformdirs import user_data_dir
+    from rich.markup import escape
 
-    from deployments.local_stack import StackOptions, run_stack
+    from deployments.local_stack import StackOptions, StackStopped, run_stack
     from ingestflow.settings import get_settings
 
     options = StackOptions(
@@ -70,7 +75,15 @@ def up(
         concurrency=concurrency,
     )
     err.print("starting the database, Prefect, the deployments and the API ...")
-    code = run_stack(options, _announce)
+    try:
+        code = run_stack(options, _announce)
+    except StackStopped as stopped:
+        # The whole reason, with the last lines of the part's log, not just the first line.
+        reason, _, tail = stopped.reason.partition("\n")
+        err.print(f"[red]error:[/red] {escape(reason)}; everything else was stopped")
+        if tail:
+            err.print(tail, markup=False, highlight=False, style="dim")
+        raise typer.Exit(1) from None
     err.print("stopped")
     raise typer.Exit(code)
 
