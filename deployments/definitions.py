@@ -1,4 +1,4 @@
-"""The Prefect deployments of the ingest, delete and sweep flows, defined in Python.
+"""The Prefect deployments of the ingest, delete, re-queue and sweep flows, in Python.
 
 Two ways to run them:
 
@@ -9,13 +9,15 @@ Two ways to run them:
   ``prefect worker start --pool ingestflow-process``. ``prefect.yaml`` declares the same
   deployments for ``prefect deploy --all``.
 
-The ``sweep-bucket`` deployment is scheduled by ``INGESTFLOW_SWEEP_CRON`` and sweeps
-``INGESTFLOW_SWEEP_URI`` into ``INGESTFLOW_SWEEP_COLLECTION``.
+``requeue-documents`` runs every five minutes. The ``sweep-bucket`` deployment is scheduled
+by ``INGESTFLOW_SWEEP_CRON`` and sweeps ``INGESTFLOW_SWEEP_URI`` into
+``INGESTFLOW_SWEEP_COLLECTION``.
 """
 
 from __future__ import annotations
 
 import contextlib
+from datetime import UTC, datetime
 from typing import Any, cast
 from uuid import UUID
 
@@ -32,6 +34,12 @@ WORK_QUEUES: dict[str, int] = {
     Priority.LOW.value: 3,
 }
 DEFAULT_QUEUE = Priority.NORMAL.value
+# How often requeue-documents looks for documents left waiting; it only takes those idle for
+# INGESTFLOW_QUEUE_STUCK_AFTER_SECONDS, so a short interval costs one cheap query.
+REQUEUE_INTERVAL_SECONDS = 300
+# A fixed anchor puts runs on five-minute marks; the default anchor (now) would start one
+# the moment the deployments are served.
+_REQUEUE_ANCHOR = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def deployment_specs() -> dict[str, dict[str, Any]]:
@@ -47,6 +55,10 @@ def deployment_specs() -> dict[str, dict[str, Any]]:
         },
         "delete-documents": {
             "description": "Delete documents: chunks, index rows and uploaded copies.",
+            "tags": DEPLOYMENT_TAGS,
+        },
+        "requeue-documents": {
+            "description": "Submit again the documents whose job is gone, on a schedule.",
             "tags": DEPLOYMENT_TAGS,
         },
         "sweep-bucket": {
@@ -65,7 +77,9 @@ def build_deployments(*, for_work_pool: bool = False) -> list[Any]:
     """
     from prefect import Flow
     from prefect.deployments.runner import EntrypointType
+    from prefect.schedules import Interval
 
+    from deployments.requeue import requeue_documents
     from flows import delete_documents, ingest_batch, ingest_document, sweep_bucket
 
     specs = deployment_specs()
@@ -82,6 +96,15 @@ def build_deployments(*, for_work_pool: bool = False) -> list[Any]:
         "delete-documents": delete_documents,
     }
     built = [flow.to_deployment(name=name, **specs[name], **extra) for name, flow in flows.items()]
+    requeue: Flow[..., Any] = requeue_documents
+    built.append(
+        requeue.to_deployment(
+            name="requeue-documents",
+            schedule=Interval(REQUEUE_INTERVAL_SECONDS, anchor_date=_REQUEUE_ANCHOR),
+            **specs["requeue-documents"],
+            **extra,
+        )
+    )
     sweep = get_settings().sweep
     if sweep.uri:
         sweep_flow: Flow[..., Any] = sweep_bucket

@@ -14,7 +14,7 @@ from rich.table import Table
 from ingestflow.cli_support import console, err, one_line_errors
 from ingestflow.keys_cli import keys_app
 from ingestflow.storage_cli import storage_app
-from ingestflow.up_cli import up
+from ingestflow.up_cli import UP_HELP, up
 
 app = typer.Typer(help="Document ingestion for RAG on Prefect and pgvector.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -23,7 +23,7 @@ eval_app = typer.Typer(help="Retrieval quality.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 app.add_typer(storage_app, name="storage")
 app.add_typer(keys_app, name="keys")
-app.command()(up)
+app.command(help=UP_HELP)(up)
 
 
 @app.callback()

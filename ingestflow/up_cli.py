@@ -24,6 +24,18 @@ class Runner(enum.StrEnum):
     WORKER = "worker"
 
 
+# One line per paragraph: typer keeps the line breaks of a docstring's later paragraphs.
+UP_HELP = (
+    "Start the database, a Prefect server with its UI, the deployments, and the API;"
+    " Ctrl-C stops everything.\n\n"
+    "With no DATABASE_URL the embedded Postgres is used. A Prefect server already answering at"
+    " PREFECT_API_URL (or on --prefect-port) is used instead of starting one. Otherwise one is"
+    " started with its home under the data dir, on PREFECT_SERVER_DATABASE_CONNECTION_URL if"
+    " set, else on SQLite, where each task waits about 2 s on database locks: Postgres is"
+    " recommended (postgresql+asyncpg://...; not the embedded one, which lacks pg_trgm)."
+)
+
+
 @one_line_errors
 def up(
     host: Annotated[str, typer.Option(help="Address the API listens on.")] = "127.0.0.1",
@@ -50,15 +62,8 @@ def up(
         typer.Option(help="Prefect's home and the logs (default: the user's data dir)."),
     ] = None,
 ) -> None:
-    """Start the database, a Prefect server with its UI, the deployments, and the API.
-
-    With no DATABASE_URL the embedded Postgres is used. A Prefect server already answering
-    at PREFECT_API_URL (or on --prefect-port) is used instead of starting one; otherwise one
-    is started with its home under the data dir, on PREFECT_SERVER_DATABASE_CONNECTION_URL if
-    set, else on SQLite, where each task waits about 2 s on database locks: Postgres is
-    recommended (postgresql+asyncpg://...; not the embedded one, which lacks pg_trgm).
-    Ctrl-C stops everything.
-    """
+    """Start the database, a Prefect server with its UI, the deployments, and the API; see
+    ``UP_HELP``."""
     from platformdirs import user_data_dir
     from rich.markup import escape
 
