@@ -116,6 +116,23 @@ def test_ingest_and_delete_jobs_run_to_completion(served, collection, tmp_path):
     assert statuses(collection) == {"note-0.txt": "deleted", "note-1.txt": "indexed"}
 
 
+def test_cancel_of_a_running_job_stops_its_process(served, pipeline, collection, tmp_path):
+    backend = served
+    pipeline.configure(latency=30)  # every embedding request stalls: the run stays running
+    note = tmp_path / "slow.txt"
+    note.write_text(f"A slow note for {collection}: its embedding request stalls.")
+    job_id = backend.submit_ingest(_ingest(collection, [str(note)]))
+    deadline = time.monotonic() + 180
+    while backend.status([job_id])[job_id].state is not JobState.RUNNING:
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.5)
+
+    requested = backend.cancel(job_id)
+
+    assert requested.state in (JobState.CANCELLING, JobState.CANCELLED)
+    assert _wait_final(backend, job_id).state is JobState.CANCELLED
+
+
 def test_idempotency_key_returns_the_same_job(registered, collection):
     backend = registered
     key = f"upload-{uuid.uuid4()}"
