@@ -43,6 +43,7 @@ _REQUEST_TIMEOUT = 10.0
 _PING_TIMEOUT = 2.0
 # Two retries of a 503 ride out SQLite's "database is locked" (about 2 s, then 4 s).
 _MAX_RETRIES = 2
+_PAGE = 200
 
 _STATE_BY_TYPE = {
     "SCHEDULED": JobState.QUEUED,
@@ -126,12 +127,16 @@ class PrefectBackend:
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
         from prefect.client.schemas.sorting import FlowRunSort
 
+        runs: list[FlowRun] = []
         with _client() as client:
-            runs = client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
-                sort=FlowRunSort.ID_DESC,  # the server rejects an unsorted filter
-                limit=len(ids),
-            )
+            # The server answers at most 200 runs a request.
+            for start in range(0, len(ids), _PAGE):
+                page = ids[start : start + _PAGE]
+                runs += client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=page)),
+                    sort=FlowRunSort.ID_DESC,  # the server rejects an unsorted filter
+                    limit=len(page),
+                )
             flow_names = _flow_names(client, runs)
         return {str(r.id): _job_info(r, flow_names.get(r.flow_id)) for r in runs}
 
@@ -160,8 +165,8 @@ class PrefectBackend:
         """Return if the Prefect API answers ``/health`` within about 2 s."""
         with _client(timeout=_PING_TIMEOUT, retries=0) as client:
             failure = client.api_healthcheck()
-            if failure is not None:
-                raise failure
+        if failure is not None:
+            raise _unavailable(failure, str(client.api_url))
 
     def queue_depth(self) -> int:
         """Flow runs of our deployments waiting to start (scheduled for now or earlier, or

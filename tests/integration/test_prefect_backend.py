@@ -166,6 +166,8 @@ def test_cancel_of_a_scheduled_job_cancels_it_at_once(registered, collection):
 def test_unknown_ids_are_left_out(registered):
     backend = registered
     assert backend.status(["not-a-flow-run", str(uuid.uuid4())]) == {}
+    many = [str(uuid.uuid4()) for _ in range(250)]  # more than the server's page of 200
+    assert backend.status(many) == {}
     assert backend.cancel(str(uuid.uuid4())).state is JobState.UNKNOWN
 
 
