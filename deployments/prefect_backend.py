@@ -104,9 +104,7 @@ class PrefectBackend:
             "tenant": request.tenant,
             "force": request.force,
         }
-        return self._submit(
-            INGEST_DEPLOYMENT, parameters, JobKind.INGEST, request, request.idempotency_key
-        )
+        return self._submit(INGEST_DEPLOYMENT, parameters, JobKind.INGEST, request)
 
     def submit_delete(self, request: DeleteRequest) -> str:
         """Create a flow run of ``delete-documents``; returns its id."""
@@ -115,12 +113,10 @@ class PrefectBackend:
             "collection": request.collection,
             "tenant": request.tenant,
         }
-        return self._submit(
-            DELETE_DEPLOYMENT, parameters, JobKind.DELETE, request, request.idempotency_key
-        )
+        return self._submit(DELETE_DEPLOYMENT, parameters, JobKind.DELETE, request)
 
     def status(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
-        """The flow runs among ``job_ids`` that exist, read in one request."""
+        """The flow runs among ``job_ids`` that exist, read in one request per 200 ids."""
         ids = _uuids(job_ids)
         if not ids:
             return {}
@@ -201,7 +197,6 @@ class PrefectBackend:
         parameters: dict[str, Any],
         kind: JobKind,
         request: IngestRequest | DeleteRequest,
-        idempotency_key: str | None,
     ) -> str:
         from prefect.exceptions import ObjectNotFound
         from prefect.states import Scheduled
@@ -230,7 +225,7 @@ class PrefectBackend:
                 parameters=parameters,
                 state=Scheduled(),
                 tags=tags,
-                idempotency_key=idempotency_key,
+                idempotency_key=request.idempotency_key,
                 work_queue_name=(
                     queue_name(request.priority) if deployment.work_pool_name else None
                 ),
