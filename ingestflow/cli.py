@@ -145,6 +145,45 @@ def status(collection: Annotated[str | None, typer.Option("--collection", "-c")]
             console.print(f"  [{f['collection']}] {f['source_uri']}: {f['error']}", markup=False)
 
 
+@app.command()
+@one_line_errors
+def requeue(
+    idle: Annotated[
+        float | None,
+        typer.Option(help="Seconds a document must have waited (default: the setting)."),
+    ] = None,
+) -> None:
+    """Submit again the documents that wait for nothing: queued while the queue backend was
+    down, or left behind by a job that died."""
+    from deployments.submit import requeue_waiting
+    from ingestflow.prefect_env import use_running_server
+    from ingestflow.settings import get_settings
+    from storage.migrate import ensure_schema
+
+    use_running_server()
+    ensure_schema()
+    seconds = idle if idle is not None else get_settings().queue.stuck_after_seconds
+    report = requeue_waiting(idle_seconds=seconds)
+    console.print(
+        f"re-queued {report.resubmitted} of {report.examined} waiting document(s)"
+        f" in {len(report.jobs)} job(s)"
+    )
+
+
+@app.command()
+@one_line_errors
+def deploy() -> None:
+    """Register the deployments on the ingestflow-process work pool (created with its high,
+    normal and low queues if missing); then run `prefect worker start --pool
+    ingestflow-process` on any machine."""
+    from deployments.definitions import WORK_POOL, deploy_to_work_pool
+    from ingestflow.prefect_env import use_running_server
+
+    use_running_server()
+    ids = deploy_to_work_pool()
+    console.print(f"{len(ids)} deployment(s) on work pool {WORK_POOL!r}")
+
+
 @db_app.command("upgrade")
 @one_line_errors
 def db_upgrade() -> None:

@@ -158,23 +158,6 @@ def retry_job(job_id: str, *, tenant: str, priority: Priority = Priority.NORMAL)
     return get_job(new_id, tenant=tenant)
 
 
-def flow_run_url(flow_run_id: str | None) -> str | None:
-    """The Prefect UI page of a flow run, when a UI address is known."""
-    if not flow_run_id:
-        return None
-    from ingestflow.settings import get_settings
-
-    base = get_settings().queue.prefect_ui_url or _ui_from_api_url()
-    return f"{base.rstrip('/')}/runs/flow-run/{flow_run_id}" if base else None
-
-
-def _ui_from_api_url() -> str | None:
-    import os
-
-    api = os.environ.get("PREFECT_API_URL", "")
-    return api[: -len("/api")] if api.endswith("/api") else None
-
-
 def _documents(job_id: str, tenant: str) -> JobDocuments:
     from storage.db import connection
     from storage.job_documents import job_documents
@@ -217,7 +200,14 @@ def _view(job_id: str, job: JobDocuments, info: JobInfo | None) -> JobView:
         started_at=info.started_at if info else None,
         finished_at=info.finished_at if info else None,
         flow_run_id=flow_run_id,
-        flow_run_url=flow_run_url(flow_run_id),
+        flow_run_url=_flow_run_url(flow_run_id),
         message=info.message if info else "the queue backend did not report this job",
         document_ids=[d.id for d in docs],
     )
+
+
+def _flow_run_url(flow_run_id: str | None) -> str | None:
+    # Celery jobs run Prefect flows too, so both backends link to the Prefect UI.
+    from deployments.prefect_backend import flow_run_url
+
+    return flow_run_url(flow_run_id)
