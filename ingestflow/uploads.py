@@ -19,6 +19,7 @@ from deployments.queue import Priority
 from ingestflow.errors import ConfigError, InvalidRequestError
 from ingestflow.settings import get_settings
 from storage.collections import Collection
+from storage.db import Conn
 from storage.documents import DocumentRecord
 from storage.objectstore import WriteResult
 
@@ -56,6 +57,17 @@ def open_collection(name: str, *, tenant: str) -> Collection:
 
     ensure_schema()
     return open_for(name, get_embedder(), tenant=tenant)
+
+
+def existing_collection(name: str, *, tenant: str) -> Collection:
+    """The tenant's collection; ``CollectionNotFoundError`` if it does not exist."""
+    from storage.collections import get_collection
+    from storage.db import connection
+    from storage.migrate import ensure_schema
+
+    ensure_schema()
+    with connection() as conn:
+        return get_collection(conn, name=name, tenant=tenant)
 
 
 def upload_uri(coll: Collection, filename: str) -> str:
@@ -102,16 +114,15 @@ def accept_uploads(
             if up.sha256 in accepted:  # the same bytes twice in one request
                 _discard(up.uri)
                 continue
-            existing = None
-            if not force:
-                existing = find_by_sha256(conn, collection_id=coll.id, sha256=up.sha256)
-            if existing is not None and (existing.job_id or existing.status != "queued"):
+            existing = find_by_sha256(conn, collection_id=coll.id, sha256=up.sha256)
+            waiting = existing is not None and existing.status == "queued" and not existing.job_id
+            if existing is not None and not (force or waiting):
                 _discard(up.uri)
                 accepted[up.sha256] = Accepted(existing, existing.job_id, duplicate=True)
                 continue
-            if existing is not None:  # queued earlier while the backend was down
+            if existing is not None:  # re-index it (force), or it waits since an outage
                 _discard(up.uri)
-                doc = existing
+                doc = requeue(conn, existing, collection_id=coll.id)
             else:
                 doc = enqueue_document(
                     conn,
@@ -136,6 +147,38 @@ def accept_uploads(
             if not item.duplicate:
                 accepted[sha] = Accepted(item.document, job_id, duplicate=False)
     return [accepted[up.sha256] for up in uploads]
+
+
+def requeue(conn: Conn, doc: DocumentRecord, *, collection_id: int) -> DocumentRecord:
+    """The document's row back to ``queued`` for a new job, keeping its source and metadata."""
+    from storage.job_documents import enqueue_document
+
+    return enqueue_document(
+        conn,
+        collection_id=collection_id,
+        source_uri=doc.source_uri,
+        metadata=doc.metadata,
+        sha256=doc.sha256,
+        size=doc.size_bytes,
+    )
+
+
+def reingest_document(
+    coll: Collection, document_id: str, *, priority: Priority = Priority.NORMAL
+) -> Accepted:
+    """Index a document of the collection again from its source, even if its bytes did not
+    change (after a parser or chunking change, say)."""
+    from deployments.submit import submit_ingest
+    from storage.db import transaction
+    from storage.documents import find_document
+
+    with transaction() as conn:
+        found = find_document(conn, collection_id=coll.id, document_id=document_id)
+        doc = requeue(conn, found, collection_id=coll.id)
+    job_id = submit_ingest(
+        tenant=coll.tenant, collection=coll.name, documents=[doc], priority=priority, force=True
+    )
+    return Accepted(doc, job_id, duplicate=False)
 
 
 def ingest_uri(

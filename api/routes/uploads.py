@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
@@ -203,6 +204,22 @@ def ingest_by_uri(
         coll, body.uri, metadata=body.metadata, priority=Priority(body.priority), force=body.force
     )
     return _accepted(item)
+
+
+@router.post(
+    "/collections/{collection}/documents/{document_id}:reingest",
+    status_code=202,
+    response_model=UploadAccepted,
+)
+def reingest_document(
+    collection: CollectionName,
+    document_id: Annotated[str, PathParam(min_length=1, max_length=100)],
+    key: Principal,
+    priority: PriorityParam = Priority.NORMAL,
+) -> UploadAccepted:
+    """Index the document again from its source, even if its bytes did not change."""
+    coll = uploads.existing_collection(collection, tenant=key.tenant)
+    return _accepted(uploads.reingest_document(coll, document_id, priority=priority))
 
 
 @router.post(

@@ -83,6 +83,39 @@ def test_upload_is_ingested_by_a_deployment_run_and_found(api, tenant_key, colle
     assert len(document_rows(collection)) == 1
 
 
+def test_force_reindexes_the_same_document(api, tenant_key, collection):
+    text = f"Reindexed on request: basalt columns. {collection}"
+    first = api.post(
+        f"/v1/collections/{collection}/documents",
+        headers=tenant_key,
+        files={"file": _file("basalt.txt", text)},
+    ).json()
+    _finished_job(api, tenant_key, first["job_id"])
+    doc_id = first["document"]["id"]
+
+    forced = api.post(
+        f"/v1/collections/{collection}/documents?force=true",
+        headers=tenant_key,
+        files={"file": _file("basalt-again.txt", text)},
+    )
+    assert forced.status_code == 202, forced.text
+    assert forced.json()["document"]["id"] == doc_id and forced.json()["job_id"] != first["job_id"]
+    _finished_job(api, tenant_key, forced.json()["job_id"])
+
+    again = api.post(
+        f"/v1/collections/{collection}/documents/{doc_id}:reingest", headers=tenant_key
+    )
+    assert again.status_code == 202, again.text
+    job = _finished_job(api, tenant_key, again.json()["job_id"])
+    assert job["state"] == "completed" and job["progress"]["documents_done"] == 1
+    [row] = document_rows(collection).values()
+    assert row["status"] == "indexed" and row["attempts"] == 3
+    missing = api.post(
+        f"/v1/collections/{collection}/documents/{uuid.uuid4()}:reingest", headers=tenant_key
+    )
+    assert missing.status_code == 404
+
+
 def test_oversized_upload_is_413_and_leaves_nothing(api, tenant_key, collection, monkeypatch):
     monkeypatch.setenv("INGESTFLOW_API_MAX_UPLOAD_BYTES", "1000")
     reset_caches()
@@ -379,6 +412,11 @@ def _matrix_requests(collection: str, document_id: str, job_id: str):
             "POST",
             f"/v1/collections/{collection}/search",
             {"json": {"query": "matrix"}},
+        ),
+        ("POST", "/v1/collections/{collection}/documents/{document_id}:reingest"): (
+            "POST",
+            f"{docs}/{document_id}:reingest",
+            {},
         ),
         ("POST", "/v1/collections/{collection}/documents:delete"): (
             "POST",
