@@ -71,9 +71,23 @@ def existing_collection(name: str, *, tenant: str) -> Collection:
 
 
 def upload_uri(coll: Collection, filename: str) -> str:
-    """A fresh key in the upload store for one upload (never overwrites another)."""
+    """A fresh key in the upload store for one upload (never overwrites another).
+
+    The name is percent-quoted: a ``file://`` URI is percent-decoded into a path, so a name
+    like ``%2e%2e%2f...`` must not become ``../``. For local stores the result is also
+    checked to lie inside the upload folder.
+    """
+    from urllib.parse import quote
+
+    from storage.objectstore import local_path, scheme_of
+
     root = get_settings().api.upload_uri.rstrip("/")
-    return f"{root}/c{coll.id}/{uuid.uuid4().hex}/{filename}"
+    uri = f"{root}/c{coll.id}/{uuid.uuid4().hex}/{quote(filename, safe='')}"
+    if scheme_of(root) == "file":
+        folder = local_path(root).resolve()
+        if not local_path(uri).resolve().is_relative_to(folder):
+            raise InvalidRequestError("the file name is not acceptable")
+    return uri
 
 
 async def store_upload(

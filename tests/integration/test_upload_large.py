@@ -143,11 +143,11 @@ BROWSER_NAMES = {
     "bidi-override": "invoice\u202etxt.exe",
 }
 
-# Percent-encoded names are passed on as sent (api/multipart.py), but the upload store's
-# URI is decoded (storage.objectstore.local_path), so "%2f" becomes a "/" on disk.
-KNOWN_BAD = {
-    "nul-byte": "a\x00b.txt",  # arrives as "a%00b.txt"; decoded to a NUL -> ValueError -> 500
-    "percent-dotdot": "%2e%2e%2f%2e%2e%2f%2e%2e%2f{unique}.txt",  # written outside the folder
+# Percent-encoded names are passed on as sent (api/multipart.py); the upload store's URI
+# quotes them, so "%2f" must stay the three characters "%2f" on disk, never a "/".
+PERCENT_NAMES = {
+    "nul-byte": "a\x00b.txt",  # arrives as "a%00b.txt"
+    "percent-dotdot": "%2e%2e%2f%2e%2e%2f%2e%2e%2f{unique}.txt",
 }
 
 # Names as a non-browser client can send them: raw bytes in the Content-Disposition header.
@@ -159,21 +159,8 @@ RAW_NAMES = {
 }
 
 
-def _bug(reason: str) -> Any:
-    return pytest.mark.xfail(strict=True, reason=reason)
-
-
-BROWSER_CASES = [pytest.param(name, id=case) for case, name in BROWSER_NAMES.items()] + [
-    pytest.param(
-        KNOWN_BAD["nul-byte"],
-        id="nul-byte",
-        marks=_bug("'%00' in a name is decoded to a NUL in the store path: 500, not 4xx/2xx"),
-    ),
-    pytest.param(
-        KNOWN_BAD["percent-dotdot"],
-        id="percent-dotdot",
-        marks=_bug("'%2e%2e%2f' in a name is decoded to '../' and escapes the upload folder"),
-    ),
+BROWSER_CASES = [
+    pytest.param(name, id=case) for case, name in {**BROWSER_NAMES, **PERCENT_NAMES}.items()
 ]
 
 
@@ -235,20 +222,12 @@ def _check_contained(
     return path, row
 
 
-# The file on disk should carry the cleaned name the document records. The store decodes
-# the URI built from that name, so "%0A" becomes a newline on disk and "#" or "?" end it.
+# The file on disk carries the cleaned name the document records (percent-quoted in the
+# store's URI, so "%0A" stays text and "#" or "?" do not cut it).
 NAME_CASES = [
     pytest.param("résumé 2024 (final).txt", id="unicode-and-spaces"),
-    pytest.param(
-        BROWSER_NAMES["control-chars"],
-        id="control-chars",
-        marks=_bug("browser-encoded control characters ('%0D%0A') are decoded onto disk"),
-    ),
-    pytest.param(
-        BROWSER_NAMES["hash-and-query"],
-        id="hash-and-query",
-        marks=_bug("a name with '#' or '?' is cut there on disk ('report#1?.txt' -> 'report')"),
-    ),
+    pytest.param(BROWSER_NAMES["control-chars"], id="control-chars"),
+    pytest.param(BROWSER_NAMES["hash-and-query"], id="hash-and-query"),
 ]
 
 
