@@ -81,25 +81,35 @@ def _wait_ready(proc: subprocess.Popen[str], url: str, timeout: float = 300) -> 
     pytest.fail(f"{url} did not answer 200 within {timeout:.0f} s")
 
 
-def _run_one_job(collection: str, folder: Path) -> None:
-    """A job through the stack's own Prefect server (PREFECT_API_URL) and deployments."""
-    from deployments.prefect_backend import PrefectBackend
-    from deployments.queue import IngestRequest, JobState
+def _upload_watch_search(api: str, collection: str) -> None:
+    """The README's path through the stack's own API: upload, watch the job, search."""
+    import httpx
 
-    note = folder / "up-note.txt"
-    note.write_text(f"A note for {collection}, ingested by the stack that `ingestflow up` runs.")
-    backend = PrefectBackend()
-    job = backend.submit_ingest(
-        IngestRequest(tenant="default", collection=collection, sources=[str(note)])
-    )
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        info = backend.status([job])[job]
-        if info.state.terminal:
-            assert info.state is JobState.COMPLETED, info.message
-            return
-        time.sleep(0.5)
-    pytest.fail("the job did not finish")
+    from tests.integration.test_api import make_key
+
+    key = make_key("up-tenant")
+    text = f"A note for {collection}, ingested by the stack that `ingestflow up` runs."
+    with httpx.Client(base_url=api, headers=key, timeout=30) as client:
+        resp = client.post(
+            f"/v1/collections/{collection}/documents",
+            files={"file": ("up-note.txt", text.encode(), "text/plain")},
+        )
+        assert resp.status_code == 202, resp.text
+        status_url = resp.json()["status_url"]
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            job = client.get(status_url).json()
+            if job["state"] in ("completed", "failed", "cancelled"):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the job did not finish")
+        assert job["state"] == "completed", job
+        assert job["flow_run_url"].startswith(f"{os.environ['PREFECT_API_URL'][:-4]}/runs/")
+        hits = client.post(
+            f"/v1/collections/{collection}/search", json={"query": "ingested by the stack"}
+        ).json()["hits"]
+        assert hits and collection in hits[0]["content"]
 
 
 def test_up_starts_the_stack_and_ctrl_c_stops_all_of_it(up_env, collection, tmp_path, monkeypatch):
@@ -123,8 +133,8 @@ def test_up_starts_the_stack_and_ctrl_c_stops_all_of_it(up_env, collection, tmp_
         assert _get(f"http://127.0.0.1:{api_port}/docs")[0] == 200
 
         monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{prefect_port}/api")
-        _run_one_job(collection, tmp_path)
-        assert statuses(collection) == {"up-note.txt": "indexed"}
+        _upload_watch_search(f"http://127.0.0.1:{api_port}", collection)
+        assert set(statuses(collection).values()) == {"indexed"}
 
         started = psutil.Process(proc.pid).children(recursive=True)
         assert len(started) >= 3  # Prefect server, runner, API
