@@ -3,6 +3,8 @@
 The client's own retries are switched off (``max_retries=0``). This module retries 429s,
 5xx, timeouts and connection errors itself, with exponential backoff and full jitter that
 honours the server's Retry-After, so every wait is capped by ``max_retry_wait`` and logged.
+A request that runs out of retries on a Retry-After holds the next request (the stage task's
+own retry, the next batch) back until that time has passed.
 The ``openai`` package is imported only when an embedder is built: the registry imports this
 module even when another provider is used, and ``openai`` takes about half a second to load.
 """
@@ -126,6 +128,9 @@ class OpenAIEmbedder(Embedder):
         known = None if settings.openai_base_url else KNOWN_DIMENSIONS.get(self.model)
         self._dimension: int | None = known
         self._dimension_lock = threading.Lock()
+        # When a request gives up on a Retry-After, the next one (a task retry, another
+        # batch) must still not go before it: time.monotonic() of the earliest next request.
+        self._not_before = 0.0
 
     def __repr__(self) -> str:
         return f"OpenAIEmbedder(model={self.model!r})"
@@ -160,6 +165,7 @@ class OpenAIEmbedder(Embedder):
     def _request(self, texts: list[str]) -> Any:
         import openai
 
+        self._wait_out_retry_after()
         attempt = 0
         while True:
             try:
@@ -179,10 +185,28 @@ class OpenAIEmbedder(Embedder):
                 reason += f"; {failure.detail}"
             raise EmbedRequestRejected(self._redact(reason)) from exc
         if attempt >= self.settings.max_retries:
+            self._remember_retry_after(failure)
             raise EmbedError(
                 f"embeddings request for model {self.model!r} failed after {attempt + 1} "
                 f"attempts; last: {failure.label}"
             ) from exc
+
+    def _remember_retry_after(self, failure: _Failure) -> None:
+        """Giving up on a request the server asked to retry later: hold the next request
+        back until then (capped like every wait)."""
+        if failure.wait_hint:
+            wait = min(failure.wait_hint, self.settings.max_retry_wait)
+            self._not_before = max(self._not_before, time.monotonic() + wait)
+
+    def _wait_out_retry_after(self) -> None:
+        left = self._not_before - time.monotonic()
+        if left > 0:
+            log.warning(
+                "embeddings for model %r: waiting %.2f s for the server's Retry-After",
+                self.model,
+                left,
+            )
+            self._sleep(left)
 
     def _wait(self, attempt: int, failure: _Failure) -> None:
         wait = backoff_wait(

@@ -51,6 +51,9 @@ class Faults:
     rate_500: float = 0.0
     rate_timeout: float = 0.0
     retry_after: float | None = 1.0  # Retry-After seconds on injected 429s; None: no header
+    # When set, each injected 429's Retry-After is drawn from [retry_after, retry_after_max]
+    # (tenths of a second), so a client cannot pass by always waiting one fixed time.
+    retry_after_max: float | None = None
     retry_after_ms: float | None = None  # also send retry-after-ms (fractional waits)
     hang: float = 30.0  # how long a "timeout" request stalls; set above the client timeout
     latency: float = 0.0  # added to every request, seconds
@@ -62,7 +65,8 @@ class Faults:
 class RequestRecord:
     """One request as the server saw it. ``at`` is ``time.monotonic()`` on arrival.
 
-    A request made to hang (a client timeout) is recorded as status 504.
+    A request made to hang (a client timeout) is recorded as status 504. ``retry_after`` is
+    the Retry-After (seconds) the answer carried, if any.
     """
 
     at: float
@@ -70,6 +74,7 @@ class RequestRecord:
     texts: int
     model: str
     encoding_format: str
+    retry_after: float | None = None
 
 
 @dataclass(frozen=True)
@@ -206,7 +211,7 @@ class OpenAIServer:
         texts = [body.input] if isinstance(body.input, str) else body.input
         status, retry_after, hang = self._decide(authorization, texts)
         # Recorded on arrival, so a request that hangs is counted while it hangs.
-        self._record(arrived, status, len(texts), body)
+        self._record(arrived, status, len(texts), body, retry_after)
         faults = self.faults
         await self._pause(faults.latency + hang)
         if status != 200:
@@ -226,12 +231,19 @@ class OpenAIServer:
                 return 400, None, 0.0
             roll = self._rng.random()
         if roll < faults.rate_429:
-            return 429, faults.retry_after, 0.0
+            return 429, self._retry_after(faults), 0.0
         if roll < faults.rate_429 + faults.rate_500:
             return 500, None, 0.0
         if roll < faults.rate_429 + faults.rate_500 + faults.rate_timeout:
             return 504, None, faults.hang
         return 200, None, 0.0
+
+    def _retry_after(self, faults: Faults) -> float | None:
+        if faults.retry_after is None or faults.retry_after_max is None:
+            return faults.retry_after
+        with self._lock:
+            drawn = self._rng.uniform(faults.retry_after, faults.retry_after_max)
+        return round(drawn, 1)
 
     async def _pause(self, seconds: float) -> None:
         # Sleep in slices so shutdown is not held up by a "timeout" request.
@@ -239,9 +251,16 @@ class OpenAIServer:
         while not self._stopping.is_set() and (left := deadline - time.monotonic()) > 0:
             await asyncio.sleep(min(left, 0.05))
 
-    def _record(self, at: float, status: int, n: int, body: EmbeddingRequest) -> None:
+    def _record(
+        self, at: float, status: int, n: int, body: EmbeddingRequest, retry_after: float | None
+    ) -> None:
+        ms = self.faults.retry_after_ms
+        if status == 429 and ms is not None:
+            retry_after = ms / 1000  # what the client is asked to wait: retry-after-ms wins
         with self._lock:
-            self._records.append(RequestRecord(at, status, n, body.model, body.encoding_format))
+            self._records.append(
+                RequestRecord(at, status, n, body.model, body.encoding_format, retry_after)
+            )
 
     def _payload(self, texts: list[str], body: EmbeddingRequest, reverse: bool) -> dict:
         data = [
