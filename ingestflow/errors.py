@@ -69,6 +69,34 @@ class EmptyDocumentError(ParseError):
     code = "empty_document"
 
 
+class ParseLimitError(ParseError):
+    """Parsing went past a resource limit (memory, time, extracted text); the reason names it.
+
+    The same bytes hit the same limit again, so this is permanent like any parse failure.
+    """
+
+    code = "parse_limit"
+
+
+class ParseMemoryLimitError(ParseLimitError):
+    code = "parse_memory_limit"
+
+
+class ParseTimeLimitError(ParseLimitError):
+    code = "parse_time_limit"
+
+
+class ParseOutputLimitError(ParseLimitError):
+    code = "parse_output_limit"
+
+
+class ParserCrashedError(ParseError):
+    """The parser process died on this file (a signal, an abrupt exit): a parser bug that
+    the file triggers every time, so permanent too."""
+
+    code = "parser_crashed"
+
+
 class EmbedError(IngestError):
     """The embedding provider failed; transient unless a subclass says otherwise."""
 

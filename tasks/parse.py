@@ -1,7 +1,10 @@
 """The parse step: bytes -> text segments with provenance, type detected from content.
 
-Parsing runs in a small thread pool so a micro-batch's documents overlap their I/O; the
-parsers themselves live in ``tasks.parsers``.
+The parsers (``tasks.parsers``) run in worker processes with limits on memory, CPU and wall
+time and on the length of the extracted text (``tasks.sandbox``), so a hostile file fails
+its own document with a reason naming the limit while the flow's process and the rest of
+the micro-batch carry on. A few threads feed the workers, so a micro-batch's documents
+are parsed ``workers`` at a time.
 """
 
 from __future__ import annotations
@@ -13,35 +16,64 @@ from dataclasses import replace
 from prefect import task
 
 from ingestflow.errors import EmptyDocumentError
+from ingestflow.types import ParsedDocument
 from tasks.options import stage_options
-from tasks.parsers import parse_file
+from tasks.sandbox import (
+    ParseLimits,
+    ParseSandbox,
+    parse_in_process,
+    shared_sandbox,
+)
 from tasks.work import DocWork, per_document
 
 # Bump when the parsers' output changes, so the next run re-indexes unchanged bytes.
 PARSER_VERSION = 1
 
 
-def parse_one(work: DocWork) -> DocWork:
+def parse_one(work: DocWork, sandbox: ParseSandbox | None = None, max_chars: int = 0) -> DocWork:
+    """Parse one fetched document, in ``sandbox`` when given, else in this process."""
     assert work.fetched is not None
-    parsed = parse_file(work.fetched.path, filename=work.fetched.filename, password=work.password)
+    fetched = work.fetched
+    parsed: ParsedDocument
+    if sandbox is not None:
+        parsed = sandbox.parse(fetched.path, filename=fetched.filename, password=work.password)
+    else:
+        parsed = parse_in_process(
+            fetched.path,
+            filename=fetched.filename,
+            password=work.password,
+            max_chars=max_chars or ParseLimits().max_chars,
+        )
     if not any(seg.text.strip() for seg in parsed.segments):
         raise EmptyDocumentError(f"no text found in this {parsed.media_type} document")
     return replace(work, media_type=parsed.media_type, segments=parsed.segments)
 
 
-def parse_documents(works: Sequence[DocWork], *, workers: int = 1) -> list[DocWork]:
+def parse_documents(
+    works: Sequence[DocWork], *, workers: int = 1, limits: ParseLimits | None = None
+) -> list[DocWork]:
     """The parse stage over a micro-batch, ``workers`` documents at a time.
 
     Every parse error is final for its document: the same bytes fail the same way again.
+    ``limits`` default to ``ParseLimits.from_env()``.
     """
+    limits = limits or ParseLimits.from_env()
+    sandbox = None
+    if limits.isolation == "process":
+        sandbox = shared_sandbox(workers, limits)
 
     def one(work: DocWork) -> list[DocWork]:
-        return per_document([work], parse_one, stage="parse", final_attempt=True)
+        def step(w: DocWork) -> DocWork:
+            return parse_one(w, sandbox, limits.max_chars)
+
+        return per_document([work], step, stage="parse", final_attempt=True)
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="parse") as pool:
         return [w for part in pool.map(one, works) for w in part]
 
 
-@task(**stage_options("parse", timeout_seconds=3600))
+# Each document is bounded by the sandbox's wall-clock limit; this is only the backstop for
+# a whole micro-batch, so it must allow a batch of slow documents.
+@task(**stage_options("parse", timeout_seconds=4 * 3600))
 def parse_task(works: list[DocWork], workers: int) -> list[DocWork]:
     return parse_documents(works, workers=workers)

@@ -45,7 +45,10 @@ def _collect(parser: Parser, source: ParseInput) -> list[Segment]:
     except (IngestError, Reroute):
         raise
     except Exception as e:  # the boundary: third-party parsers raise anything on bad input
-        raise ParseError(damaged_reason(parser.label, e, source.password)) from e
+        reason = damaged_reason(parser.label, e, source.password)
+        # Some libraries quote the path they opened: a temp file name, noise to the reader.
+        reason = reason.replace(str(source.path), source.filename or source.path.name)
+        raise ParseError(reason) from e
 
 
 def _clean(segment: Segment) -> Segment | None:
