@@ -1,7 +1,8 @@
 """The HTTP API (FastAPI). Routes are thin adapters over ``ingestflow.service``.
 
 Run it with ``uvicorn api.app:app``; OpenAPI docs at /docs. Everything under /v1 needs an
-API key (``ingestflow keys create --tenant T``) and sees only that tenant's collections.
+API key (``ingestflow keys create --tenant T``) and sees only that tenant's collections; each
+key has a request rate and each tenant a number of active jobs (``api.limits``).
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi_offline import FastAPIOffline
 
-from api.deps import authenticate
+from api.deps import authenticate, metrics_access
 from api.errors import install_error_handlers
+from api.limits import RequestSizeLimit, limit_active_jobs
 from api.models import ErrorResponse
 from api.routes import documents, jobs, metrics, ops, search, uploads
 from ingestflow import __version__
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 415, 422, 503)
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 415, 422, 429, 503)
 }
 
 
@@ -26,9 +28,16 @@ def create_app() -> FastAPI:
     # Swagger UI and ReDoc assets are served from the package, not a CDN: /docs works offline.
     app = FastAPIOffline(title="ingestflow", version=__version__, docs_url="/docs")
     install_error_handlers(app)
+    app.add_middleware(RequestSizeLimit)
     app.include_router(ops.router)
-    app.include_router(metrics.router)
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)], responses=_ERRORS)
+    app.include_router(metrics.router, dependencies=[Depends(metrics_access)])
+    # Authentication (and the key's request rate) first, then the tenant's job limit, both
+    # before a route reads its body.
+    v1 = APIRouter(
+        prefix="/v1",
+        dependencies=[Depends(authenticate), Depends(limit_active_jobs)],
+        responses=_ERRORS,
+    )
     v1.include_router(uploads.router)
     v1.include_router(documents.router)
     v1.include_router(jobs.router)

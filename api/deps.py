@@ -17,10 +17,12 @@ _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 def authenticate(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ApiKey:
-    """The active key presented as ``Authorization: Bearer <key>``; 401 otherwise.
+    """The active key presented as ``Authorization: Bearer <key>``; 401 otherwise, and 429
+    when the key has spent its request rate (``api.limits``).
 
     The key is never logged or echoed, not even in the error message.
     """
+    from api.limits import enforce_rate
     from storage.api_keys import verify_key
     from storage.db import connection
     from storage.migrate import ensure_schema
@@ -30,9 +32,28 @@ def authenticate(
     ensure_schema()
     with connection() as conn:
         key = verify_key(conn, key=credentials.credentials)
-    if key is None:
-        raise ApiError(401, "invalid_api_key", "the API key is invalid or revoked", _CHALLENGE)
+        if key is None:
+            raise ApiError(401, "invalid_api_key", "the API key is invalid or revoked", _CHALLENGE)
+        enforce_rate(conn, key)  # on the connection that found the key: no second checkout
     return key
 
 
 Principal = Annotated[ApiKey, Depends(authenticate)]
+
+
+def metrics_access(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """``/metrics`` counts every tenant's documents. When ``INGESTFLOW_API_METRICS_TOKEN`` is
+    set, only that token (never an API key) may read them; unset, the route is open like
+    ``/healthz`` and belongs on a network only the operators reach."""
+    import hmac
+
+    from ingestflow.settings import get_settings
+
+    token = get_settings().api.metrics_token
+    if token is None:
+        return
+    given = credentials.credentials if credentials else ""
+    if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+        raise ApiError(401, "invalid_metrics_token", "GET /metrics wants its token", _CHALLENGE)

@@ -15,6 +15,7 @@ from api.multipart import MultipartError
 from ingestflow.errors import (
     BackendUnavailableError,
     CollectionMismatchError,
+    IngestError,
     InvalidRequestError,
     StoreError,
     TooLargeError,
@@ -41,6 +42,12 @@ class ApiError(Exception):
     ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+class RequestTooLargeError(IngestError):
+    """A request body passed ``INGESTFLOW_API_MAX_REQUEST_BYTES`` (``api.limits``)."""
+
+    permanent = True
 
 
 def error_response(
@@ -83,6 +90,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(TooLargeError)
     async def too_large(_: Request, exc: TooLargeError) -> JSONResponse:
         return error_response(413, "too_large", exc.reason, {"Connection": "close"})
+
+    @app.exception_handler(RequestTooLargeError)
+    async def request_too_large(_: Request, exc: RequestTooLargeError) -> JSONResponse:
+        return error_response(413, "request_too_large", exc.reason, {"Connection": "close"})
 
     @app.exception_handler(JobNotFoundError)
     async def no_job(_: Request, exc: JobNotFoundError) -> JSONResponse:

@@ -143,7 +143,8 @@ class QueueSettings(BaseSettings):
 
 
 class ApiSettings(BaseSettings):
-    """The HTTP API: where uploads are kept, how big they may be, which URIs it may ingest."""
+    """The HTTP API: where uploads are kept, how big they may be, which URIs it may ingest,
+    and the limits on each key (request rate) and tenant (active jobs)."""
 
     model_config = SettingsConfigDict(env_prefix="INGESTFLOW_API_", extra="ignore")
 
@@ -156,6 +157,28 @@ class ApiSettings(BaseSettings):
     file_roots: list[Path] = Field(
         default_factory=list,
         description="Local folders whose files may be ingested by URI; none by default.",
+    )
+    max_request_bytes: int = Field(
+        default=1024 * _MIB,
+        gt=0,
+        description="Most bytes in one request body, all files of a bulk upload together.",
+    )
+    rate_limit: int = Field(
+        default=600,
+        ge=0,
+        description="Requests per minute per API key (a token bucket); 0 turns it off.",
+    )
+    rate_burst: int = Field(
+        default=60, ge=1, description="Requests a key may make at once before the rate applies."
+    )
+    max_active_jobs_per_tenant: int = Field(
+        default=20,
+        ge=0,
+        description="Ingest jobs a tenant may have queued or running; 0 means no limit.",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="When set, GET /metrics wants it as a Bearer token (API keys never work).",
     )
 
 

@@ -165,3 +165,20 @@ def waiting_documents(conn: Conn, *, idle_seconds: float, limit: int = 1000) -> 
         (idle_seconds, limit),
     ).fetchall()
     return [Waiting(**r) for r in rows]
+
+
+def count_active_jobs(conn: Conn, *, tenant: str) -> int:
+    """How many jobs carry documents of the tenant that are still ``queued`` or
+    ``processing``: the tenant's active jobs, read from the documents table alone.
+
+    Documents waiting without a job (the queue backend was down) count for none; a job
+    whose run died counts until the re-queue pass moves its documents on.
+    """
+    row = conn.execute(
+        "SELECT count(DISTINCT d.job_id) AS jobs FROM documents d"
+        " JOIN collections c ON c.id = d.collection_id"
+        " WHERE c.tenant = %s AND d.status IN ('queued', 'processing')"
+        " AND d.job_id IS NOT NULL",
+        (tenant,),
+    ).fetchone()
+    return int(row["jobs"]) if row else 0
