@@ -90,10 +90,17 @@ def connection() -> Iterator[Conn]:
         raw = get_engine().raw_connection()
     except Exception as e:
         raise StoreError(f"cannot connect to the database: {_describe(e)}") from e
+    conn = raw.driver_connection
     try:
-        yield raw.driver_connection  # type: ignore[misc]
+        yield conn  # type: ignore[misc]
     finally:
-        raw.close()
+        if conn is not None and (conn.broken or conn.closed):
+            # The server went away under us (a restart, a failover): drop the connection
+            # instead of rolling it back into the pool, which fails and logs a traceback.
+            # pool_pre_ping catches the idle connections the same event cut.
+            raw.invalidate()
+        else:
+            raw.close()
 
 
 @contextmanager

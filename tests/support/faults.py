@@ -319,3 +319,34 @@ def clean_ingest(paths: Sequence[Path], *, collection: str, batch_size: int) -> 
     result = ingest(list(paths), collection=collection, batch_size=batch_size)
     statuses = {str(o.status) for o in result.outcomes}
     assert statuses == {"indexed"}, f"the clean ingest was not clean: {statuses}"
+
+
+def stage_retries(collection: str, *, task_runs: int, timeout: float = 60.0) -> dict[str, int]:
+    """Retries of the stage task runs of the ingest flow run(s) into ``collection``, by stage,
+    read back from the Prefect server once all ``task_runs`` are recorded as completed (task
+    run states reach the server as events, a little after the run ends)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterName
+    from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
+
+    def completed_runs() -> list[Any] | None:
+        with get_client(sync_client=True) as client:
+            name = FlowRunFilterName(any_=[f"ingest {collection}"])
+            # Prefect 3.8's sync client sends nulls the server rejects unless all are given.
+            flows = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(name=name), sort=FlowRunSort.ID_DESC, limit=50
+            )
+            ids = FlowRunFilterId(any_=[f.id for f in flows])
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=ids), sort=TaskRunSort.ID_DESC, limit=200
+            )
+        done = [r for r in runs if r.state is not None and r.state.is_completed()]
+        return runs if len(done) >= task_runs else None
+
+    runs = wait_for(completed_runs, timeout=timeout, what="the task runs", interval=0.5)
+    retries: dict[str, int] = {}
+    for run in runs:
+        if run.run_count > 1:
+            stage = run.name.rsplit("-", 1)[0]
+            retries[stage] = retries.get(stage, 0) + run.run_count - 1
+    return retries
