@@ -30,7 +30,11 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(RequestSizeLimit)
     app.include_router(ops.router)
-    app.include_router(metrics.router, dependencies=[Depends(metrics_access)])
+    app.include_router(
+        metrics.router,
+        dependencies=[Depends(metrics_access)],
+        responses={401: {"model": ErrorResponse, "description": "INGESTFLOW_API_METRICS_TOKEN"}},
+    )
     # Authentication (and the key's request rate) first, then the tenant's job limit, both
     # before a route reads its body.
     v1 = APIRouter(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.errors import ApiError
@@ -41,12 +41,14 @@ def authenticate(
 Principal = Annotated[ApiKey, Depends(authenticate)]
 
 
-def metrics_access(
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
+def metrics_access(request: Request) -> None:
     """``/metrics`` counts every tenant's documents. When ``INGESTFLOW_API_METRICS_TOKEN`` is
     set, only that token (never an API key) may read them; unset, the route is open like
-    ``/healthz`` and belongs on a network only the operators reach."""
+    ``/healthz`` and belongs on a network only the operators reach.
+
+    The header is read by hand rather than through ``HTTPBearer``, which would declare the
+    route as always needing a token in the OpenAPI schema.
+    """
     import hmac
 
     from ingestflow.settings import get_settings
@@ -54,6 +56,7 @@ def metrics_access(
     token = get_settings().api.metrics_token
     if token is None:
         return
-    given = credentials.credentials if credentials else ""
-    if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    expected = token.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
         raise ApiError(401, "invalid_metrics_token", "GET /metrics wants its token", _CHALLENGE)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
+from functools import lru_cache
 from http import HTTPStatus
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -55,6 +58,33 @@ def error_response(
 ) -> JSONResponse:
     body = {"error": {"code": code, "message": message}}
     return JSONResponse(body, status_code=status, headers=dict(headers) if headers else None)
+
+
+_METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
+_PARAM = re.compile(r"\{[^}/]+\}")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods of the resource at the request's path, for a 405's ``Allow`` (RFC 9110).
+
+    Starlette's own 405 names the methods of the first route whose path matched, which
+    leaves out other routes at the same path (GET and POST on .../documents). The resource
+    is the most specific path of the OpenAPI schema that matches: ``.../{id}:reingest``
+    rather than ``.../{id}`` (document ids never hold a colon).
+    """
+    path = request.scope.get("path", "")
+    paths: dict[str, dict[str, Any]] = request.app.openapi().get("paths", {})
+    matching = [t for t in paths if _template(t).fullmatch(path)]
+    if not matching:
+        return []
+    best = max(matching, key=lambda t: len(_PARAM.sub("", t)))
+    return [m.upper() for m in paths[best] if m in _METHODS]
+
+
+@lru_cache(maxsize=256)
+def _template(path: str) -> re.Pattern[str]:
+    literal = [re.escape(part) for part in _PARAM.split(path)]
+    return re.compile("[^/]+".join(literal))
 
 
 def _http_code(status: int) -> str:
@@ -129,9 +159,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(503, "service_unavailable", exc.reason, headers)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-        return error_response(exc.status_code, _http_code(exc.status_code), message, exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405 and (allowed := allowed_methods(request)):
+            headers["Allow"] = ", ".join(allowed)
+        return error_response(exc.status_code, _http_code(exc.status_code), message, headers)
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
