@@ -158,6 +158,11 @@ class ApiSettings(BaseSettings):
         default_factory=list,
         description="Local folders whose files may be ingested by URI; none by default.",
     )
+    source_prefixes: list[str] = Field(
+        default_factory=list,
+        description="Object-store prefixes (s3://bucket/folder/) that may be ingested by URI;"
+        " none listed: any object the server's credentials can read.",
+    )
     max_request_bytes: int = Field(
         default=1024 * _MIB,
         gt=0,

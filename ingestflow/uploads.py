@@ -219,14 +219,21 @@ def ingest_uri(
 
 
 def check_uri(uri: str) -> str:
-    """The canonical source for ``uri``, or ``UriNotAllowedError``/``ConfigError``."""
+    """The canonical source for ``uri``, or ``UriNotAllowedError``/``ConfigError``.
+
+    A request names only a URI, never an endpoint: the store (and its endpoint and
+    credentials) comes from the server's settings by scheme. What a caller may name is
+    bounded: local paths under ``file_roots``, object-store URIs under ``source_prefixes``
+    when that is set, and never the upload store, which holds every tenant's uploads.
+    """
     from storage.objectstore import canonical_uri, local_path, scheme_of, store_for
 
     if not uri.strip() or "\x00" in uri:
         raise InvalidRequestError("the URI is empty or contains a NUL byte")
+    settings = get_settings().api
     if scheme_of(uri) == "file":
         path = local_path(uri).expanduser().resolve()
-        roots = [r.expanduser().resolve() for r in get_settings().api.file_roots]
+        roots = [r.expanduser().resolve() for r in settings.file_roots]
         if not any(path.is_relative_to(root) for root in roots):
             raise UriNotAllowedError(
                 "local paths cannot be ingested through the API unless they are under"
@@ -237,7 +244,23 @@ def check_uri(uri: str) -> str:
             store_for(uri)
         except ConfigError as exc:  # an unknown scheme
             raise UriNotAllowedError(exc.reason) from None
-    return canonical_uri(uri)
+        if settings.source_prefixes and not any(
+            _under(uri, prefix) for prefix in settings.source_prefixes
+        ):
+            raise UriNotAllowedError(
+                "this URI is not under the prefixes INGESTFLOW_API_SOURCE_PREFIXES allows"
+            )
+    source = canonical_uri(uri)
+    if _under(source, canonical_uri(settings.upload_uri)):
+        raise UriNotAllowedError("the upload store cannot be ingested by URI; upload the file")
+    return source
+
+
+def _under(uri: str, prefix: str) -> bool:
+    """``uri`` is ``prefix`` or inside it, on a path boundary (``s3://b`` holds not
+    ``s3://b-other/``)."""
+    root = prefix.rstrip("/")
+    return uri == root or uri.startswith(root + "/")
 
 
 def merge_pdfs(parts: list[Path], out: Path) -> None:

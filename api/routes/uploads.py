@@ -199,6 +199,7 @@ def ingest_by_uri(
 ) -> UploadAccepted:
     """Ingest a document by URI (s3://, gs://, az://, or a local path under the API's
     allowed roots). Its bytes are read by the job, not by this request."""
+    uploads.check_uri(body.uri)  # a refused URI creates no collection either
     coll = uploads.open_collection(collection, tenant=key.tenant)
     item = uploads.ingest_uri(
         coll, body.uri, metadata=body.metadata, priority=Priority(body.priority), force=body.force

@@ -339,20 +339,23 @@ def listener() -> Iterator[Listener]:
 
 
 def test_ingest_by_uri_fetches_no_url_a_request_names(
-    api, collection, tmp_path, monkeypatch, listener
+    api, collection, tmp_path, monkeypatch, listener, service_env
 ):
     """documents:ingest takes object-store URIs and local paths under
-    INGESTFLOW_API_FILE_ROOTS only: http(s) and other schemes, and paths outside the roots
-    (absolute, ``..``, a symlink out, a file:// URI with a host), are 422 and store nothing.
-    S3 endpoints come from the server's settings only: an endpoint in the body is refused,
-    one in the metadata or the URI is never contacted, by the API or by the job."""
+    INGESTFLOW_API_FILE_ROOTS only: http(s) and other schemes, paths outside the roots
+    (absolute, ``..``, a symlink out, a file:// URI with a host) and the upload store (even
+    under a root) are 422 and store nothing, not even the collection. S3 endpoints come from
+    the server's settings only: an endpoint in the body is refused, one in the metadata or
+    the URI is never contacted, by the API or by the job. INGESTFLOW_API_SOURCE_PREFIXES
+    narrows the object-store URIs to the prefixes it lists."""
     root = tmp_path / "allowed"
     root.mkdir()
     (root / "ok.txt").write_text(f"allowed {collection}")
     outside = tmp_path / "outside.txt"
     outside.write_text("outside the roots")
     (root / "link.txt").symlink_to(outside)
-    _set_api_env(monkeypatch, file_roots=json.dumps([str(root)]))
+    upload_dir = _upload_dir(service_env)
+    _set_api_env(monkeypatch, file_roots=json.dumps([str(root), str(upload_dir.parent)]))
     tenant = _tenant()
     headers, _, _ = new_key(tenant)
     url = f"/v1/collections/{collection}/documents:ingest"
@@ -372,6 +375,8 @@ def test_ingest_by_uri_fetches_no_url_a_request_names(
         str(root / "link.txt"),
         "/etc/passwd",
         "~/.aws/credentials",
+        str(upload_dir / "c1" / "0123" / "someone-elses.txt"),
+        f"{service_env['INGESTFLOW_API_UPLOAD_URI']}/c1/0123/someone-elses.txt",
     ]
     for uri in refused:
         resp = api.post(url, headers=headers, json={"uri": uri})
@@ -381,8 +386,7 @@ def test_ingest_by_uri_fetches_no_url_a_request_names(
         url, headers=headers, json={"uri": f"s3://{BUCKET}/x", "endpoint_url": f"http://{target}"}
     )
     assert resp.status_code == 422, resp.text
-    # (The route opens, so creates, the collection before it checks the URI: no documents.)
-    assert _tenant_state(tenant)[1] == [], "a refused URI stored a document"
+    assert _tenant_state(tenant) == ([], []), "a refused URI stored something"
 
     allowed = api.post(url, headers=headers, json={"uri": str(root / "ok.txt")})
     assert allowed.status_code == 202, allowed.text
@@ -406,6 +410,14 @@ def test_ingest_by_uri_fetches_no_url_a_request_names(
     assert statuses[(root / "ok.txt").resolve().as_uri()] == "indexed"
     assert sorted(s for u, s in statuses.items() if not u.startswith("file:")) == ["failed"] * 4
     assert listener.connections == 0, "a request made the service connect where it named"
+
+    _set_api_env(monkeypatch, source_prefixes=json.dumps([f"s3://{BUCKET}/{collection}/"]))
+    outside_prefix = [f"s3://{BUCKET}/other/x.txt", f"s3://{BUCKET}-evil/{collection}/x.txt"]
+    outside_prefix += [uri for uri, _ in sneaky[1:]]
+    for uri in outside_prefix:
+        resp = api.post(url, headers=headers, json={"uri": uri})
+        assert resp.status_code == 422, (uri, resp.text)
+        assert resp.json()["error"]["code"] == "uri_not_allowed", uri
 
 
 # secrets ------------------------------------------------------------------------------------
