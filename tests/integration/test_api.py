@@ -92,10 +92,22 @@ def test_bad_input_is_a_json_4xx_never_a_500(client):
     assert error_code(client.get("/no/such/route")) == "not_found"
 
 
-def test_readyz_reports_the_database(client):
+def test_readyz_checks_database_upload_store_and_queue(client, prefect_server):
     r = client.get("/readyz")
     assert r.status_code == 200, r.text
-    assert r.json()["checks"]["database"] == "ok"
+    assert r.json()["checks"] == {"database": "ok", "upload_store": "ok", "queue": "ok"}
+
+
+def test_readyz_is_503_with_the_reason_when_the_queue_is_down(client, monkeypatch):
+    from tests.conftest import reset_caches
+    from tests.support.processes import free_port
+
+    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{free_port()}/api")
+    reset_caches()
+    r = client.get("/readyz")
+    assert r.status_code == 503 and r.headers["Retry-After"].isdigit()
+    assert r.json()["error"]["code"] == "not_ready"
+    assert r.json()["error"]["message"].startswith("queue: ")
 
 
 def test_documents_and_search_for_the_owner_only(client, indexed, collection):
