@@ -212,15 +212,18 @@ def _serve(conn: Any, memory_bytes: int, preload: Sequence[str]) -> None:
             return  # the parent is gone or closed us
         if job is None:
             return
-        reply = _run(job, memory_bytes)
+        kind, value = _run(job, memory_bytes)
+        # Retire after running out of memory, or after coming close: the next document
+        # deserves a fresh address space (and VmPeak must belong to one document).
+        retire = kind == "memory" or near_memory_limit(memory_bytes)
         try:
-            conn.send(reply)
+            conn.send((kind, value, retire))
         except MemoryError:
-            conn.send(("memory", None))
+            conn.send(("memory", None, True))
             return
         except OSError:  # BrokenPipeError: the parent is gone
             return
-        if reply[0] == "memory" or near_memory_limit(memory_bytes):
+        if retire:
             return
 
 
@@ -390,13 +393,14 @@ class _Worker:
             self.close(kill=True)
             raise wall_limit_error(self.limits)
         try:
-            kind, value = self.conn.recv()
+            kind, value, retire = self.conn.recv()
         except (EOFError, OSError):
             raise self._death() from None
+        if retire:
+            self.close()  # it exits by itself; it must not get another document
         if kind == "ok":
             return value  # type: ignore[no-any-return]
         if kind == "memory":
-            self.close()
             raise memory_limit_error(self.limits)
         raise value
 
@@ -468,19 +472,29 @@ class ParseSandbox:
             self.limits.cpu_seconds,
             password,
         )
+        crashed: ParserCrashedError | None = None
         with self._slots:
-            for _ in range(3):  # an idle worker may have died since its last job
+            for _ in range(3):
                 worker = self._checkout()
                 try:
                     document = worker.parse(job)
-                except _WorkerGone:
+                except _WorkerGone:  # it died while idle, before taking the job
+                    continue
+                except ParserCrashedError as e:
+                    # Once more on a fresh worker: an idle worker killed from outside can
+                    # still take a job while its last thread exits. A file that crashes
+                    # the parser crashes it again.
+                    self._checkin(worker)
+                    if crashed is not None:
+                        raise
+                    crashed = e
                     continue
                 except BaseException:
                     self._checkin(worker)
                     raise
                 self._checkin(worker)
                 return document
-        raise ParserCrashedError("the parser process could not be started")
+        raise crashed or ParserCrashedError("the parser process could not be started")
 
     def _checkout(self) -> _Worker:
         if self._closed:
