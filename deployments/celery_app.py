@@ -117,9 +117,8 @@ def celery_config() -> dict[str, Any]:
         "redis_socket_connect_timeout": CONNECT_TIMEOUT_SECONDS,
         "redis_socket_timeout": SOCKET_TIMEOUT_SECONDS,
         # The result backend retries a lost connection 20 times, a second apart, by default:
-        # a cancel or a submit would hang for 20 s or more. Bounded here to about 1.5 s, which
-        # a worker storing a result rides out too (a longer Redis outage leaves that job's
-        # status at running; its documents' rows in Postgres are right either way).
+        # a cancel or a submit would hang for 20 s or more. Bounded here to about 1.5 s; a
+        # worker storing a result retries for longer (see _results_outlast_redis_restarts).
         "result_backend_transport_options": {
             "retry_policy": {
                 "max_retries": 3,
@@ -248,6 +247,24 @@ def _flow_run_id(state: Any) -> str | None:
 
 def _str_or_none(value: uuid.UUID | str | None) -> str | None:
     return str(value) if value else None
+
+
+# A worker retries storing a result this many times, with exponential backoff (full jitter)
+# capped at 10 s: about a minute in all.
+WORKER_RESULT_RETRIES = 20
+
+
+@signals.worker_init.connect
+def _results_outlast_redis_restarts(sender: Any = None, **_: Mapping[str, Any]) -> None:
+    # A job that finishes while Redis restarts must still record its result: with the short
+    # policy above, the store failed and the job read "running" until the visibility timeout
+    # re-ran it (3 h by default). Celery's own retry loop covers the whole store (it reads the
+    # current state first, outside the transport's retry policy). Workers only: front doors
+    # must fail fast. Runs in the main process before any result backend exists; the pool's
+    # children fork later and build theirs from this configuration.
+    celery = getattr(sender, "app", None) or app
+    celery.conf.result_backend_always_retry = True
+    celery.conf.result_backend_max_retries = WORKER_RESULT_RETRIES
 
 
 @signals.worker_init.connect
