@@ -6,7 +6,8 @@ in child processes that each parse one file at a time and are reused for the nex
     with ParseSandbox(workers=2) as sandbox:
         document = sandbox.parse(path, filename="report.pdf")
 
-Limits, per document (``ParseLimits``, from ``INGESTFLOW_PARSE_*`` variables):
+Limits, per document (``ParseLimits``, from ``INGESTFLOW_PARSE_*`` variables; defaults
+2 GiB, 120 s of CPU, 300 s of wall clock, 50 million characters):
 
 - memory: ``RLIMIT_AS`` on the worker. A parser that asks for more gets ``MemoryError``
   (or a failed ``malloc`` in C), and the document fails with ``ParseMemoryLimitError``.
@@ -56,8 +57,6 @@ from ingestflow.errors import (
     ParseTimeLimitError,
 )
 from ingestflow.types import ParsedDocument
-
-log = logging.getLogger(__name__)
 
 GIB = 1024**3
 MIB = 1024**2
