@@ -311,7 +311,7 @@ def exact_state_problems(collection: str, *, reference: str) -> list[str]:
     return consistency_problems(collection) + reference_problems(collection, reference=reference)
 
 
-def clean_ingest(paths: Sequence[Path], *, collection: str, batch_size: int) -> None:
+def clean_ingest(paths: Sequence[Path | str], *, collection: str, batch_size: int) -> None:
     """Ingest ``paths`` in this process into a fresh collection: the reference state. Every
     document must end indexed."""
     from ingestflow import ingest
