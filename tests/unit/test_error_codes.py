@@ -47,6 +47,11 @@ EXPECTED: dict[type[IngestError], str] = {
     CollectionMismatchError: "collection_mismatch",
     InvalidRequestError: "invalid_request",
     BackendUnavailableError: "backend_unavailable",
+    errors.ParseLimitError: "parse_limit",
+    errors.ParseMemoryLimitError: "parse_memory_limit",
+    errors.ParseTimeLimitError: "parse_time_limit",
+    errors.ParseOutputLimitError: "parse_output_limit",
+    errors.ParserCrashedError: "parser_crashed",
 }
 
 

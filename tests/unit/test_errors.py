@@ -24,6 +24,11 @@ PERMANENT = {
     errors.CollectionMismatchError,
     errors.InvalidKeyError,
     errors.InvalidRequestError,
+    errors.ParseLimitError,
+    errors.ParseMemoryLimitError,
+    errors.ParseTimeLimitError,
+    errors.ParseOutputLimitError,
+    errors.ParserCrashedError,
     CollectionNotFoundError,
     DocumentNotFoundError,
 }
