@@ -8,6 +8,11 @@ point of a random micro-batch (``crash_worker --die-at``): fetching, claims comm
 parsed, chunked, vectors cached but not written, inside the upsert's transaction (old chunks
 deleted, new ones copied, nothing committed), and just after the commit.
 
+The workers are forked from one process that imported Prefect once (``crash_worker
+--zygote``), and the trials share one corpus and one clean reference ingest; each trial
+embeds under a model name of its own, so its vector cache starts cold and the kill can land
+on real embedding requests.
+
 The seed is printed and named in every failure; ``INGESTFLOW_FAULT_SEED=<seed>`` replays the
 same choices (the outside kills still land wherever the clock puts them).
 """
