@@ -27,9 +27,11 @@ def store_vectors(conn: Conn, *, model: str, vectors: dict[str, np.ndarray]) -> 
     """Add vectors to the cache; existing entries win (they are identical by construction)."""
     if not vectors:
         return
+    # In hash order: two runs caching overlapping texts then take the row locks in the same
+    # order, so they cannot deadlock on each other.
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO embedding_cache (model, content_hash, embedding) VALUES (%s, %s, %b)"
             " ON CONFLICT (model, content_hash) DO NOTHING",
-            [(model, h, v) for h, v in vectors.items()],
+            [(model, h, vectors[h]) for h in sorted(vectors)],
         )
