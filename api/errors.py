@@ -9,6 +9,7 @@ from functools import lru_cache
 from http import HTTPStatus
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -116,6 +117,15 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, MultipartError):
             return error_response(_MULTIPART_STATUS.get(exc.code, 400), exc.code, exc.reason)
         return error_response(422, exc.code, exc.reason)
+
+    @app.exception_handler(psycopg.errors.DataError)
+    async def unstorable(_: Request, exc: psycopg.errors.DataError) -> JSONResponse:
+        # Postgres refused a value the request carried (a NUL character in text or JSON, a
+        # number out of range): bad input, not a server fault. The database's message may
+        # quote the value, so it is not passed on.
+        log.info("request data refused by the database: %s", type(exc).__name__)
+        message = "the request contains a value the database cannot store (e.g. a NUL character)"
+        return error_response(422, "invalid_request", message)
 
     @app.exception_handler(TooLargeError)
     async def too_large(_: Request, exc: TooLargeError) -> JSONResponse:

@@ -206,3 +206,15 @@ def test_keys_cli_creates_lists_and_revokes_without_showing_secrets(client):
     assert runner.invoke(app, ["keys", "revoke", key_id]).exit_code == 0
     assert client.get("/v1/collections/none/documents", headers=auth).status_code == 401
     assert runner.invoke(app, ["keys", "revoke", "999999"]).exit_code == 1
+
+
+def test_values_the_database_cannot_store_are_422_not_500(client, indexed, collection):
+    key = make_key("default")
+    nul_filter = client.post(
+        f"/v1/collections/{collection}/search",
+        headers=key,
+        json={"query": "otters", "filter": {"team": "a\u0000b"}},
+    )
+    assert nul_filter.status_code == 422, nul_filter.text
+    nul_name = client.get("/v1/collections/a%00b/documents", headers=key)
+    assert nul_name.status_code in (404, 422), nul_name.text
