@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, cast
 from uuid import UUID
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -35,6 +35,7 @@ from tasks.dedupe import dedupe_task
 from tasks.embed import embed_task
 from tasks.embedders import Embedder, get_embedder
 from tasks.fetch import fetch_task, hash_task
+from tasks.options import stage_options
 from tasks.parse import PARSER_VERSION, parse_task
 from tasks.upsert import upsert_task
 from tasks.work import DocWork, split_password
@@ -134,7 +135,7 @@ def ingest_batches(
     """
     ensure_schema()
     embedder = get_embedder()
-    coll = open_collection(collection, embedder, tenant=tenant)
+    coll = collection_task(collection, embedder.provider, embedder.model, tenant)
     tracker = _Tracker(total)
     public, password = split_password(metadata, password)
     with tempfile.TemporaryDirectory(prefix="ingestflow-") as tmp:
@@ -190,6 +191,13 @@ def open_collection(name: str, embedder: Embedder, *, tenant: str = "default") -
             model=embedder.model,
             dimension=embedder.dimension,
         )
+
+
+@task(**stage_options("collection", timeout_seconds=600))
+def collection_task(name: str, provider: str, model: str, tenant: str = "default") -> Collection:
+    """``open_collection`` as a retried task: creating a collection asks the provider for the
+    model's dimension, and a flaky provider must not fail the whole run on that one request."""
+    return open_collection(name, get_embedder(provider, model), tenant=tenant)
 
 
 def unique_sources(sources: Sequence[str]) -> list[str]:

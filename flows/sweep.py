@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.ingest import ingest_batches, open_collection
+from flows.ingest import collection_task, ingest_batches
 from ingestflow.errors import IngestError
 from ingestflow.settings import get_settings
 from ingestflow.types import DocumentOutcome, DocumentStatus
@@ -77,7 +77,8 @@ def sweep_bucket(
     prefix = sweep_prefix(uri)
     report = SweepReport(uri=prefix, collection=collection)
     started = datetime.now(UTC)
-    coll = open_collection(collection, get_embedder())
+    embedder = get_embedder()
+    coll = collection_task(collection, embedder.provider, embedder.model)
     size = batch_size or get_settings().ingest.batch_size
     lister = _Lister(prefix, coll.id, started, report, page_size)
     result = ingest_batches(lister.batches(size), collection=collection)
