@@ -1,0 +1,116 @@
+"""``python -m bench COMMAND``: the benchmark commands.
+
+    run             ingestflow against LangChain and LlamaIndex (bench/harness.py)
+    upload-memory   server memory during a large upload (bench/upload_memory.py)
+    embedders       all-MiniLM-L6-v2 backends on this machine (bench/embedder_backends.py)
+
+``python -m bench run --small --embedder hash --systems ingestflow`` is the quick check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from bench.harness import EMBEDDERS, REPO, SYSTEMS, Options
+
+
+def _upload_memory(argv: list[str]) -> None:
+    from bench.upload_memory import main
+
+    main(argv)
+
+
+def _embedders(argv: list[str]) -> None:
+    from bench import embedder_backends
+
+    sys.argv = ["python -m bench embedders", *argv]  # it parses sys.argv itself
+    embedder_backends.main()
+
+
+DELEGATES: dict[str, Callable[[list[str]], None]] = {
+    "upload-memory": _upload_memory,
+    "embedders": _embedders,
+}
+
+
+def _names(value: str, known: Sequence[str], what: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{what}: choose from {', '.join(known)}")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "run",
+        help="ingestflow against its peers: first ingest, re-ingest, 5%% change, 5%% delete",
+        description="Run every selected system through the same phases on the same corpus,"
+        " embedder and Postgres; print the tables and ratios; write JSON and PNG plots.",
+    )
+    size = run.add_mutually_exclusive_group()
+    size.add_argument("--small", action="store_true", help="the first 300 SciFact documents")
+    size.add_argument("--docs", type=int, help="the first N SciFact documents")
+    run.add_argument(
+        "--embedder",
+        choices=[*EMBEDDERS, "both"],
+        default="both",
+        help="all-MiniLM-L6-v2 (minilm), the deterministic hash embedder, or both (default)",
+    )
+    run.add_argument(
+        "--systems",
+        type=lambda v: _names(v, SYSTEMS, "--systems"),
+        default=SYSTEMS,
+        help=f"comma-separated, default {','.join(SYSTEMS)}",
+    )
+    run.add_argument(
+        "--micro",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the micro-benchmark modules that exist (default: yes)",
+    )
+    run.add_argument(
+        "--mixed",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also ingest the mixed-format corpus with ingestflow (default: yes)",
+    )
+    run.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    run.add_argument("--prefect-api-url", help="use this Prefect server instead of starting one")
+    commands.add_parser(
+        "upload-memory", add_help=False, help="bench/upload_memory.py (its own --help)"
+    )
+    commands.add_parser(
+        "embedders", add_help=False, help="bench/embedder_backends.py (its own --help)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in DELEGATES:
+        DELEGATES[args_list[0]](args_list[1:])
+        return
+    args = build_parser().parse_args(args_list)
+    from bench.harness import run
+
+    options = Options(
+        docs=args.docs,
+        small=args.small,
+        embedders=EMBEDDERS if args.embedder == "both" else (args.embedder,),
+        systems=args.systems,
+        micro=args.micro,
+        mixed=args.mixed,
+        out=args.out,
+        prefect_api_url=args.prefect_api_url,
+    )
+    run(options, args_list)
+
+
+if __name__ == "__main__":
+    main()
