@@ -396,18 +396,24 @@ def plot(result: dict[str, Any], stem: Path) -> list[Path]:
                 if ph.get("stage_seconds"):
                     bars.append((f"{embedder} {phase}", ph["stage_seconds"], ph["seconds"]))
     if bars:
-        fig, ax = plt.subplots(figsize=(9, 1.2 + 0.6 * len(bars)))
+        fig, ax = plt.subplots(figsize=(12, 2.4 + 0.5 * len(bars)))
         for y, (_, stages, wall) in enumerate(bars):
             left = 0.0
             for k, stage in enumerate(STAGES):
                 seconds = stages.get(stage, 0.0)
                 ax.barh(y, seconds, left=left, color=f"C{k}", label=stage if y == 0 else None)
                 left += seconds
-            ax.plot([wall], [y], "k|", markersize=18, label="phase wall time" if y == 0 else None)
+            if wall > left:
+                label = "outside the stages: flow and task runs, listing" if y == 0 else None
+                ax.barh(y, wall - left, left=left, color="lightgrey", label=label)
+            ax.text(max(wall, left), y, f" {wall:.1f} s wall", va="center", fontsize=8)
         ax.set_yticks(range(len(bars)), [b[0] for b in bars])
-        ax.set_xlabel("seconds, summed over the phase's indexed documents")
-        ax.set_title("ingestflow: time per stage (from documents.timings)")
-        ax.legend(fontsize=7, ncol=4, loc="lower right")
+        ax.set_xlabel(
+            "seconds: each stage summed over the phase's indexed documents (parse runs 2 at a time)"
+        )
+        ax.set_title("ingestflow: time per stage (documents.timings) within each phase's wall time")
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        ax.margins(x=0.12)
         fig.tight_layout()
         paths.append(stem.with_name(stem.name + "-stages.png"))
         fig.savefig(paths[-1], dpi=120)
