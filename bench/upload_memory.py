@@ -61,6 +61,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(REPO))
 
+from bench.pg import database  # noqa: E402
+
 MIB = 1024 * 1024
 SAMPLE_SECONDS = 0.05
 WARMUP_BYTES = 4 * MIB
@@ -305,26 +307,6 @@ def _short(response: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 # The two runs
 # --------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def database() -> Iterator[str]:
-    """DATABASE_URL, or an embedded pgserver Postgres for the length of the bench."""
-    url = os.environ.get("DATABASE_URL")
-    if url:
-        yield url
-        return
-    import pgserver
-
-    # As root, pgserver runs Postgres as its own user, which must reach the data folder.
-    parent = Path(tempfile.mkdtemp(prefix="ingestflow-bench-pg-"))
-    parent.chmod(0o755)
-    server = pgserver.get_server(parent / "data", cleanup_mode="delete")
-    try:
-        yield server.get_uri()
-    finally:
-        server.cleanup()
-        shutil.rmtree(parent, ignore_errors=True)
 
 
 def api_key(database_url: str) -> str:

@@ -30,6 +30,7 @@ from storage.collections import Collection, ensure_collection
 from storage.db import transaction
 from storage.migrate import ensure_schema
 from storage.objectstore import canonical_uri
+from storage.vector_index import DeferredVectorIndex, heal_vector_index
 from tasks.chunk import chunk_task
 from tasks.dedupe import dedupe_task
 from tasks.embed import embed_task
@@ -138,8 +139,18 @@ def ingest_batches(
     coll = collection_task(collection, embedder.provider, embedder.model, tenant)
     tracker = _Tracker(total)
     public, password = split_password(metadata, password)
-    with tempfile.TemporaryDirectory(prefix="ingestflow-") as tmp:
+    ingest = get_settings().ingest
+    deferral = DeferredVectorIndex(
+        collection_id=coll.id,
+        dimension=coll.dimension,
+        min_documents=ingest.bulk_index_min_documents,
+        build_memory=ingest.index_build_memory,
+    )
+    with tempfile.TemporaryDirectory(prefix="ingestflow-") as tmp, deferral:
+        seen = 0
         for sources in batches:
+            seen += len(sources)
+            deferral.before_batch(max(total or 0, seen))
             works = [DocWork(source=s, metadata=public, password=password) for s in sources]
             tracker.advance(_run_stages(works, coll, embedder, tmp, force))
     result = IngestResult(collection, tracker.outcomes, flow_run_id=flow_run.id)
@@ -193,11 +204,18 @@ def open_collection(name: str, embedder: Embedder, *, tenant: str = "default") -
         )
 
 
-@task(**stage_options("collection", timeout_seconds=600))
+@task(**stage_options("collection", timeout_seconds=4 * 3600))
 def collection_task(name: str, provider: str, model: str, tenant: str = "default") -> Collection:
-    """``open_collection`` as a retried task: creating a collection asks the provider for the
-    model's dimension, and a flaky provider must not fail the whole run on that one request."""
-    return open_collection(name, get_embedder(provider, model), tenant=tenant)
+    """``open_collection`` as a retried task (creating a collection asks the provider for the
+    model's dimension, and a flaky provider must not fail the whole run on that one request),
+    which also rebuilds a vector index that an interrupted bulk load left missing."""
+    coll = open_collection(name, get_embedder(provider, model), tenant=tenant)
+    heal_vector_index(
+        collection_id=coll.id,
+        dimension=coll.dimension,
+        build_memory=get_settings().ingest.index_build_memory,
+    )
+    return coll
 
 
 def unique_sources(sources: Sequence[str]) -> list[str]:

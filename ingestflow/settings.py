@@ -44,6 +44,17 @@ class IngestSettings(BaseSettings):
     chunk_unit: Literal["chars", "tokens"] = "chars"
     batch_size: int = Field(default=32, gt=0, description="Documents per micro-batch.")
     parse_workers: int = Field(default=2, gt=0, description="Documents parsed at once.")
+    bulk_index_min_documents: int = Field(
+        default=1000,
+        ge=0,
+        description="A run loading at least this many documents, and at least as many as the"
+        " collection holds, rebuilds the vector index at the end instead of row by row; 0 never.",
+    )
+    index_build_memory: str = Field(
+        default="1GB",
+        pattern=r"^[1-9][0-9]*(kB|MB|GB)$",
+        description="maintenance_work_mem for building a vector index.",
+    )
 
 
 class EmbeddingSettings(BaseSettings):

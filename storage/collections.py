@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from psycopg import sql
-
 from ingestflow.errors import CollectionMismatchError, IngestError
 from storage.db import Conn
+from storage.vector_index import create_vector_index
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,7 @@ def ensure_collection(
         (tenant, name, provider, model, dimension),
     ).fetchone()
     if row is not None:
-        _create_vector_index(conn, collection_id=row["id"], dimension=dimension)
+        create_vector_index(conn, collection_id=row["id"], dimension=dimension)
     coll = get_collection(conn, name=name, tenant=tenant)
     if (coll.embedding_provider, coll.embedding_model, coll.dimension) != (
         provider,
@@ -71,21 +70,6 @@ def ensure_collection(
             f" it cannot be ingested with {provider}:{model} ({dimension} dimensions)"
         )
     return coll
-
-
-def _create_vector_index(conn: Conn, *, collection_id: int, dimension: int) -> None:
-    # A partial index per collection over a typed cast: one chunks table can hold collections
-    # of different dimensions, and each still gets an HNSW index (pgvector's documented way).
-    conn.execute(
-        sql.SQL(
-            "CREATE INDEX IF NOT EXISTS {index} ON chunks USING hnsw"
-            " ((embedding::vector({dim})) vector_cosine_ops) WHERE collection_id = {cid}"
-        ).format(
-            index=sql.Identifier(f"chunks_embedding_c{collection_id}"),
-            dim=sql.Literal(dimension),
-            cid=sql.Literal(collection_id),
-        )
-    )
 
 
 def list_collections(conn: Conn, *, tenant: str = "default") -> list[Collection]:

@@ -199,7 +199,9 @@ def test_new_chunking_settings_reindex_unchanged_bytes(pipeline, collection, cor
     assert max(len(r["content"]) for r in chunk_rows(collection)) <= 400
 
 
-def test_ingest_document_is_seven_task_runs(pipeline, collection, corpus):
+def test_ingest_document_is_the_collection_task_and_seven_stage_task_runs(
+    pipeline, collection, corpus
+):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.client.schemas.sorting import TaskRunSort
@@ -215,7 +217,8 @@ def test_ingest_document_is_seven_task_runs(pipeline, collection, corpus):
             limit=50,
         )
     names = sorted(r.name.rsplit("-", 1)[0] for r in runs)
-    assert names == sorted(["fetch", "hash", "dedupe", "parse", "chunk", "embed", "upsert"])
+    stages = ["fetch", "hash", "dedupe", "parse", "chunk", "embed", "upsert"]
+    assert names == sorted(["collection", *stages])
     assert all(r.state.is_completed() for r in runs)
 
 
