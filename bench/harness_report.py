@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -144,12 +145,13 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain-text table: the first column left-aligned, the others right-aligned."""
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], first_width: int = 60) -> str:
+    """A plain-text table: the first column left-aligned and wrapped at ``first_width``
+    characters onto continuation lines, the others right-aligned."""
     cells = [[_fmt(v) for v in row] for row in rows]
-    widths = [
-        max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)
-    ]
+    wrapped = [textwrap.wrap(r[0], first_width) or [""] for r in cells]
+    widths = [max([len(headers[0]), *(len(x) for w in wrapped for x in w)])]
+    widths += [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers) if i]
 
     def line(values: Sequence[str]) -> str:
         first, *rest = values
@@ -157,8 +159,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
         out += [v.rjust(w) for v, w in zip(rest, widths[1:], strict=True)]
         return "  ".join(out).rstrip()
 
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(list(headers)), rule, *(line(r) for r in cells)])
+    lines = [line(list(headers)), "  ".join("-" * w for w in widths)]
+    for row, first in zip(cells, wrapped, strict=True):
+        lines.append(line([first[0], *row[1:]]))
+        lines += [f"  {x}" if x else x for x in first[1:]]
+    return "\n".join(lines)
 
 
 def ratio_table(rows: Sequence[dict[str, Any]]) -> str:
