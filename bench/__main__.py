@@ -44,6 +44,13 @@ def _names(value: str, known: Sequence[str], what: str) -> tuple[str, ...]:
     return names
 
 
+def _at_least_10(value: str) -> int:
+    n = int(value)
+    if n < 10:
+        raise argparse.ArgumentTypeError("at least 10 documents")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -55,7 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     size = run.add_mutually_exclusive_group()
     size.add_argument("--small", action="store_true", help="the first 300 SciFact documents")
-    size.add_argument("--docs", type=int, help="the first N SciFact documents")
+    size.add_argument(
+        "--docs",
+        type=_at_least_10,
+        help="the first N SciFact documents (at least 10, so the documents deleted stay"
+        " within the sweep's default deletion guard of 20%%)",
+    )
     run.add_argument(
         "--embedder",
         choices=[*EMBEDDERS, "both"],
