@@ -20,6 +20,7 @@ from bench.harness import EMBEDDERS, REPO, SYSTEMS, Options
 def _upload_memory(argv: list[str]) -> None:
     from bench.upload_memory import main
 
+    sys.argv = ["python -m bench upload-memory", *argv]  # its usage line and recorded command
     main(argv)
 
 
