@@ -127,21 +127,16 @@ def write_result(path: Path, rows: Sequence[Row], **detail: Any) -> None:
         )
 
 
-def alternate(
-    reps: int, first: Callable[[int], float], second: Callable[[int], float]
-) -> tuple[list[float], list[float]]:
-    """Run both measurements ``reps`` times, the order swapped every repetition (so drift in
-    a shared machine's load hits both alike); each is passed the repetition's index."""
-    a: list[float] = []
-    b: list[float] = []
+def alternate(reps: int, *measurements: Callable[[int], float]) -> tuple[list[float], ...]:
+    """Run every measurement ``reps`` times, in reverse order every other repetition (so drift
+    in a shared machine's load hits them alike); each is passed the repetition's index.
+    Returns each measurement's values, in the order the measurements were given."""
+    values: list[list[float]] = [[] for _ in measurements]
+    order = list(range(len(measurements)))
     for i in range(reps):
-        if i % 2 == 0:
-            a.append(first(i))
-            b.append(second(i))
-        else:
-            b.append(second(i))
-            a.append(first(i))
-    return a, b
+        for m in order if i % 2 == 0 else order[::-1]:
+            values[m].append(measurements[m](i))
+    return tuple(values)
 
 
 def median(values: Sequence[float]) -> float:
