@@ -56,7 +56,6 @@ HNSW_KWARGS = {
     "hnsw_ef_search": 40,
     "hnsw_dist_method": "vector_cosine_ops",
 }
-MAX_TABLE_BASE = 30
 # Kept out of the embedded text: LlamaIndex embeds "key: value" metadata lines by default.
 EXCLUDED_METADATA = ["source"]
 
@@ -76,19 +75,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def table_base(collection: str) -> str:
-    """The collection as a lower-case identifier part (LlamaIndex prefixes tables ``data_``).
+def table_part(collection: str, limit: int) -> str:
+    """The collection as a lower-case identifier part of at most ``limit`` characters: longer
+    names are replaced by a hash of the name."""
+    part = re.sub(r"\W", "_", collection.lower())
+    if len(part) > limit:
+        part = "c" + hashlib.blake2b(collection.encode(), digest_size=8).hexdigest()
+    return part
 
-    The docstore's constraint name is ``data_<base>_docs:unique_key_namespace``, which must
-    fit Postgres' 63 characters: a longer name is replaced by a hash of it."""
-    base = re.sub(r"\W", "_", collection.lower())
-    if len(base) > MAX_TABLE_BASE:
-        base = "c" + hashlib.blake2b(collection.encode(), digest_size=8).hexdigest()
-    return base
+
+def vector_table_name(collection: str) -> str:
+    """PGVectorStore's ``table_name``; its longest derived name, ``data_<name>_embedding_idx``,
+    must fit Postgres' 63 characters."""
+    return table_part(collection, 44)
+
+
+def docstore_table_name(collection: str) -> str:
+    """The docstore's ``table_name``; its longest derived name,
+    ``data_<name>:unique_key_namespace``, must fit Postgres' 63 characters."""
+    return table_part(collection, 32) + "_docs"
 
 
 def vector_table(collection: str) -> str:
-    return f"data_{table_base(collection)}"
+    """The table PGVectorStore creates and the ``final`` phase reads."""
+    return f"data_{vector_table_name(collection)}"
 
 
 def sqlalchemy_url(database_url: str) -> str:
@@ -190,13 +200,13 @@ def run_index_phase(args: argparse.Namespace) -> dict[str, Any]:
     vector_store = PGVectorStore(
         connection_string=url,
         async_connection_string=url,
-        table_name=table_base(args.collection),
+        table_name=vector_table_name(args.collection),
         embed_dim=DIMENSION,
         use_jsonb=True,
         hnsw_kwargs=dict(HNSW_KWARGS),
     )
     kvstore = PostgresKVStore(
-        table_name=f"{table_base(args.collection)}_docs",
+        table_name=docstore_table_name(args.collection),
         connection_string=url,
         async_connection_string=url,
         use_jsonb=True,
