@@ -47,7 +47,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -376,7 +376,7 @@ def single_document_rows(pool: TextPool, sizes: Sizes) -> tuple[list[Row], dict[
     dim = pool.vectors.shape[1]
     coll = prefilled_collection(pool, sizes.prefill)
 
-    def upsert(n: int, *, replace: bool) -> float:
+    def upsert(n: int, replace: bool, _rep: int) -> float:
         doc = create_documents(coll, 1)[0]
         if replace:  # the document is indexed already: its old chunks are deleted in the write
             old_texts, old_vectors = pool.take(n)
@@ -393,7 +393,7 @@ def single_document_rows(pool: TextPool, sizes: Sizes) -> tuple[list[Row], dict[
             raise AssertionError(f"replace_chunks wrote {written}, not the document")
         return n / seconds
 
-    def raw_copy(n: int) -> float:
+    def raw_copy(n: int, _rep: int) -> float:
         texts, vectors = pool.take(n)
         rows = chunk_rows(coll, create_documents(coll, 1), texts, vectors)
         with connection() as conn:
@@ -409,8 +409,8 @@ def single_document_rows(pool: TextPool, sizes: Sizes) -> tuple[list[Row], dict[
         for n, replace in cases:
             product, baseline = alternate(
                 sizes.reps[dim, n],
-                lambda _i, n=n, replace=replace: upsert(n, replace=replace),
-                lambda _i, n=n: raw_copy(n),
+                partial(upsert, n, replace),
+                partial(raw_copy, n),
             )
             what = "replace an indexed document's" if replace else "new document,"
             rows.append(

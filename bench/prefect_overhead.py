@@ -1,0 +1,306 @@
+"""Prefect's overhead: the batch flow against the same stage functions called without Prefect.
+
+Usage::
+
+    .venv/bin/python -m bench.prefect_overhead --json OUT [--small] [--database-url URL]
+        [--reps 3]
+
+The corpus: the first 2,000 SciFact abstracts (300 with ``--small``), each a ``<id>.txt`` file
+of ``title + " " + text``. Every run ingests all of them into a fresh collection with the fast
+hash embedder (``bench.hash_embedding``, registered as provider ``bench-hash`` and selected
+through ``INGESTFLOW_EMBED_PROVIDER``), so the model does not hide the overhead; each run's
+model name is new, so the vector cache is empty and every chunk is embedded every time.
+
+- **ingestflow**: the ``ingest-batch`` flow (``flows.ingest.ingest_batch``, which runs
+  ``ingest_batches``), called in this process as the CLI does, against a real Prefect API: a
+  ``prefect server start`` on a scratch database of the machine's Postgres
+  (``PREFECT_TEST_SERVER_PG``, default ``postgresql://postgres@127.0.0.1:5432/postgres``), as
+  the tests start it. Every micro-batch is seven task runs, plus one for the collection; the
+  flow's progress and summary artifacts are part of it.
+- **direct**: ``ingest_direct`` below: the same stage functions (each task's ``.fn``) in the
+  same order with the same arguments, no flow or task run, no artifacts. It mirrors
+  ``flows.ingest.ingest_batches`` and ``_run_stages``; that both produce the same chunks is
+  checked after every run (a digest of every stored (source, ordinal, content hash)).
+
+One untimed warm-up run each (parse workers, Prefect client, imports), then ``--reps`` runs
+each, alternating which goes first; medians. Overhead = (flow - direct) / flow, target <= 10%.
+Prefect's log level is ``PREFECT_LOGGING_LEVEL`` if set, else Prefect's default (INFO, how a
+served deployment runs; the CLI sets WARNING); it is reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bench.hash_embedding import DIMENSION, MODEL_NAME, hash_embed
+from bench.write_path import (
+    TENANT,
+    Row,
+    alternate,
+    argument_parser,
+    bench_database,
+    median,
+    scifact_documents,
+    write_result,
+)
+
+if TYPE_CHECKING:
+    from ingestflow.types import DocumentOutcome
+
+PROVIDER = "bench-hash"
+TARGET = 0.10
+
+
+@contextmanager
+def prefect_api() -> Iterator[tuple[str, str]]:
+    """A ``prefect server start`` of this run's own, on a scratch Postgres database when the
+    machine's Postgres answers (SQLite otherwise); this process's Prefect client points at it.
+    Yields the API URL and which database the server uses."""
+    from tests.support.prefect_server import run_prefect_server, scratch_postgres_database
+
+    admin = os.environ.get(
+        "PREFECT_TEST_SERVER_PG", "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+    with scratch_postgres_database(admin) as db_url, run_prefect_server(db_url) as api_url:
+        os.environ["PREFECT_API_URL"] = api_url
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        try:
+            with temporary_settings({PREFECT_API_URL: api_url}):
+                yield api_url, "postgres" if db_url else "sqlite"
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
+
+
+def register_hash_embedder() -> None:
+    """Make ``bench.hash_embedding`` available as embedding provider ``bench-hash``."""
+    from tasks.embedders import Embedder, register_embedder
+
+    @register_embedder(PROVIDER)
+    class HashEmbedder(Embedder):
+        default_model = MODEL_NAME
+
+        @property
+        def dimension(self) -> int:
+            return DIMENSION
+
+        def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+            return hash_embed(texts)
+
+
+def use_fresh_model() -> str:
+    """Select the hash embedder under a model name never used before (an empty vector cache);
+    returns the embedder's cache identity."""
+    from ingestflow.settings import get_settings
+    from tasks.embedders import clear_embedders
+
+    model = f"{MODEL_NAME}-{uuid.uuid4().hex[:8]}"
+    os.environ["INGESTFLOW_EMBED_PROVIDER"] = PROVIDER
+    os.environ["INGESTFLOW_EMBED_MODEL"] = model
+    get_settings.cache_clear()
+    clear_embedders()
+    return f"{PROVIDER}:{model}"
+
+
+def write_corpus(folder: Path, count: int) -> list[str]:
+    """The first ``count`` SciFact abstracts as text files; their paths."""
+    paths = []
+    for doc_id, text in scifact_documents()[:count]:
+        path = folder / f"{doc_id}.txt"
+        path.write_text(text, encoding="utf-8")
+        paths.append(str(path))
+    return paths
+
+
+def ingest_direct(sources: Sequence[str], *, collection: str, tenant: str) -> list[DocumentOutcome]:
+    """What ``ingest_batch`` does, without Prefect: the stage functions of ``_run_stages``
+    over the same micro-batches; the documents' outcomes."""
+    from flows.ingest import collection_task, pipeline_fingerprint, unique_sources
+    from ingestflow.progress import Progress, report
+    from ingestflow.settings import get_settings
+    from storage.migrate import ensure_schema
+    from tasks.chunk import chunk_task
+    from tasks.dedupe import dedupe_task
+    from tasks.embed import embed_task
+    from tasks.embedders import get_embedder
+    from tasks.fetch import fetch_task, hash_task
+    from tasks.parse import parse_task
+    from tasks.upsert import upsert_task
+    from tasks.work import DocWork
+
+    ensure_schema()
+    embedder = get_embedder()
+    coll = collection_task.fn(collection, embedder.provider, embedder.model, tenant)
+    ingest = get_settings().ingest
+    unique = unique_sources(sources)
+    outcomes: list[DocumentOutcome] = []
+    with tempfile.TemporaryDirectory(prefix="ingestflow-") as tmp:
+        for start in range(0, len(unique), ingest.batch_size):
+            works = [DocWork(source=s) for s in unique[start : start + ingest.batch_size]]
+            works = fetch_task.fn(works, tmp, ingest.max_document_bytes)
+            works = hash_task.fn(works)
+            works = dedupe_task.fn(works, coll.id, pipeline_fingerprint(ingest), False, None)
+            works = parse_task.fn(works, ingest.parse_workers)
+            works = chunk_task.fn(
+                works,
+                ingest.chunk_size,
+                ingest.chunk_overlap,
+                ingest.chunk_unit,
+                embedder.provider,
+                embedder.model,
+            )
+            works = embed_task.fn(works, embedder.provider, embedder.model)
+            works = upsert_task.fn(works, coll.id, None)
+            for work in works:
+                if work.fetched is not None:
+                    work.fetched.path.unlink(missing_ok=True)
+            outcomes.extend(w.outcome() for w in works)
+            report(Progress(done=len(outcomes), total=len(unique), outcomes=list(outcomes)))
+    return outcomes
+
+
+def stored_digest(collection: str) -> tuple[str, int]:
+    """A digest of every chunk the collection holds (source, ordinal, content hash) and the
+    number of chunks: equal digests mean both ways stored the same chunks."""
+    from storage.db import connection
+
+    with connection() as conn:
+        rows = conn.execute(
+            "SELECT d.source_uri, c.ordinal, c.content_hash FROM chunks c"
+            " JOIN documents d ON d.id = c.document_id JOIN collections k ON k.id = c.collection_id"
+            " WHERE k.tenant = %s AND k.name = %s ORDER BY 1, 2",
+            (TENANT, collection),
+        ).fetchall()
+    text = "\n".join(f"{r['source_uri']}|{r['ordinal']}|{r['content_hash']}" for r in rows)
+    return hashlib.sha256(text.encode()).hexdigest(), len(rows)
+
+
+class Runs:
+    """Runs either way into fresh collections, checking every outcome and stored chunk set."""
+
+    def __init__(self, sources: list[str]) -> None:
+        self.sources = sources
+        self.collections: list[str] = []
+        self.identities: list[str] = []
+        self.digests: set[tuple[str, int]] = set()
+
+    def flow(self, sources: list[str] | None = None) -> float:
+        from flows.ingest import ingest_batch
+
+        return self._timed(
+            lambda s, c: ingest_batch(s, collection=c, tenant=TENANT).outcomes, sources
+        )
+
+    def direct(self, sources: list[str] | None = None) -> float:
+        return self._timed(lambda s, c: ingest_direct(s, collection=c, tenant=TENANT), sources)
+
+    def _timed(self, ingest: Any, sources: list[str] | None) -> float:
+        sources = sources if sources is not None else self.sources
+        collection = f"bench-prefect-{uuid.uuid4().hex[:8]}"
+        self.identities.append(use_fresh_model())
+        self.collections.append(collection)
+        started = time.perf_counter()
+        outcomes = ingest(sources, collection)
+        seconds = time.perf_counter() - started
+        bad = [o for o in outcomes if o.status.value != "indexed"]
+        if len(outcomes) != len(sources) or bad:
+            raise AssertionError(f"{len(bad)} of {len(sources)} documents not indexed: {bad[:3]}")
+        if sources is self.sources:
+            self.digests.add(stored_digest(collection))
+            if len(self.digests) != 1:
+                raise AssertionError("the flow and the direct calls stored different chunks")
+        return seconds
+
+    def clean_up(self) -> None:
+        from storage.db import connection
+
+        with connection() as conn:
+            ids = [
+                r["id"]
+                for r in conn.execute(
+                    "SELECT id FROM collections WHERE tenant = %s AND name = ANY(%s)",
+                    (TENANT, self.collections),
+                )
+            ]
+            for cid in ids:
+                conn.execute(f"DROP INDEX IF EXISTS chunks_embedding_c{int(cid)}")
+            conn.execute("DELETE FROM collections WHERE id = ANY(%s)", (ids,))
+            conn.execute("DELETE FROM embedding_cache WHERE model = ANY(%s)", (self.identities,))
+
+
+def measure(sources: list[str], reps: int, backend: str) -> tuple[list[Row], dict[str, Any]]:
+    from ingestflow.settings import get_settings
+
+    runs = Runs(sources)
+    try:
+        warm = sources[: get_settings().ingest.batch_size]
+        runs.flow(warm)
+        runs.direct(warm)
+        flow_s, direct_s = alternate(reps, lambda _i: runs.flow(), lambda _i: runs.direct())
+        digest, chunks = next(iter(runs.digests))
+    finally:
+        runs.clean_up()
+    flow, direct = median(flow_s), median(direct_s)
+    overhead = (flow - direct) / flow
+    batch = get_settings().ingest.batch_size
+    task_runs = 7 * -(-len(sources) // batch) + 1
+    row = Row(
+        f"Prefect overhead, batch flow ({len(sources)} SciFact documents, {chunks} chunks, hash"
+        f" embedder, Prefect server on {backend}): (flow - direct) / flow",
+        flow,
+        direct,
+        "s",
+        overhead,
+        f"<= {TARGET:g}",
+        bool(overhead <= TARGET),
+    )
+    detail = {
+        "flow_seconds": flow_s,
+        "direct_seconds": direct_s,
+        "task_runs_per_flow": task_runs,
+        "overhead_ms_per_task_run": round(1000 * (flow - direct) / task_runs, 1),
+        "documents_per_micro_batch": batch,
+        "chunks": chunks,
+        "stored_chunks_digest": digest,
+        "prefect_server_database": backend,
+        "prefect_logging_level": os.environ.get("PREFECT_LOGGING_LEVEL", "INFO (default)"),
+    }
+    return [row], detail
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argument_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--reps", type=int, default=3, help="timed runs each way (>= 3)")
+    args = parser.parse_args(argv)
+    # Prefect's settings and local state must be this run's own, before Prefect is imported.
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="ingestflow-bench-prefect-")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    started = time.perf_counter()
+    with (
+        tempfile.TemporaryDirectory(prefix="ingestflow-bench-corpus-") as folder,
+        prefect_api() as (_, backend),
+        bench_database(args.database_url),
+    ):
+        register_hash_embedder()
+        sources = write_corpus(Path(folder), 300 if args.small else 2000)
+        try:
+            rows, detail = measure(sources, args.reps, backend)
+        finally:
+            from tasks.sandbox import close_shared_sandbox
+
+            close_shared_sandbox()
+    write_result(args.json, rows, **detail, seconds=round(time.perf_counter() - started, 1))
+
+
+if __name__ == "__main__":
+    main()
