@@ -20,7 +20,9 @@ model name is new, so the vector cache is empty and every chunk is embedded ever
 - **direct**: ``ingest_direct`` below: the same stage functions (each task's ``.fn``) in the
   same order with the same arguments, no flow or task run, no artifacts. It mirrors
   ``flows.ingest.ingest_batches`` and ``_run_stages``; that both produce the same chunks is
-  checked after every run (a digest of every stored (source, ordinal, content hash)).
+  checked after every run (a digest of every stored (source, ordinal, content hash)), and that
+  the collection's vector index is valid. With 2,000 documents (at least
+  ``INGESTFLOW_BULK_INDEX_MIN_DOCUMENTS``) both ways defer the index and rebuild it at the end.
 
 One untimed warm-up run each (parse workers, Prefect client, imports), then ``--reps`` runs
 each, alternating which goes first; medians. Overhead = (flow - direct) / flow, target <= 10%.
@@ -123,12 +125,14 @@ def write_corpus(folder: Path, count: int) -> list[str]:
 
 
 def ingest_direct(sources: Sequence[str], *, collection: str, tenant: str) -> list[DocumentOutcome]:
-    """What ``ingest_batch`` does, without Prefect: the stage functions of ``_run_stages``
-    over the same micro-batches; the documents' outcomes."""
+    """What ``ingest_batch`` does, without Prefect: ``ingest_batches`` and ``_run_stages`` with
+    each task's function called directly, over the same micro-batches (a bulk load defers the
+    vector index the same way); the documents' outcomes."""
     from flows.ingest import collection_task, pipeline_fingerprint, unique_sources
     from ingestflow.progress import Progress, report
     from ingestflow.settings import get_settings
     from storage.migrate import ensure_schema
+    from storage.vector_index import DeferredVectorIndex
     from tasks.chunk import chunk_task
     from tasks.dedupe import dedupe_task
     from tasks.embed import embed_task
@@ -144,8 +148,15 @@ def ingest_direct(sources: Sequence[str], *, collection: str, tenant: str) -> li
     ingest = get_settings().ingest
     unique = unique_sources(sources)
     outcomes: list[DocumentOutcome] = []
-    with tempfile.TemporaryDirectory(prefix="ingestflow-") as tmp:
+    deferral = DeferredVectorIndex(
+        collection_id=coll.id,
+        dimension=coll.dimension,
+        min_documents=ingest.bulk_index_min_documents,
+        build_memory=ingest.index_build_memory,
+    )
+    with tempfile.TemporaryDirectory(prefix="ingestflow-") as tmp, deferral:
         for start in range(0, len(unique), ingest.batch_size):
+            deferral.before_batch(len(unique))
             works = [DocWork(source=s) for s in unique[start : start + ingest.batch_size]]
             works = fetch_task.fn(works, tmp, ingest.max_document_bytes)
             works = hash_task.fn(works)
@@ -185,6 +196,16 @@ def stored_digest(collection: str) -> tuple[str, int]:
     return hashlib.sha256(text.encode()).hexdigest(), len(rows)
 
 
+def index_is_valid(collection: str) -> bool:
+    from storage.collections import get_collection
+    from storage.db import connection
+    from storage.vector_index import index_state
+
+    with connection() as conn:
+        coll = get_collection(conn, name=collection, tenant=TENANT)
+        return index_state(conn, collection_id=coll.id) == "valid"
+
+
 class Runs:
     """Runs either way into fresh collections, checking every outcome and stored chunk set."""
 
@@ -215,6 +236,8 @@ class Runs:
         bad = [o for o in outcomes if o.status.value != "indexed"]
         if len(outcomes) != len(sources) or bad:
             raise AssertionError(f"{len(bad)} of {len(sources)} documents not indexed: {bad[:3]}")
+        if not index_is_valid(collection):
+            raise AssertionError(f"collection {collection!r} was left without a valid index")
         if sources is self.sources:
             self.digests.add(stored_digest(collection))
             if len(self.digests) != 1:
@@ -270,6 +293,7 @@ def measure(sources: list[str], reps: int, backend: str) -> tuple[list[Row], dic
         "task_runs_per_flow": task_runs,
         "overhead_ms_per_task_run": round(1000 * (flow - direct) / task_runs, 1),
         "documents_per_micro_batch": batch,
+        "vector_index_deferred": len(sources) >= get_settings().ingest.bulk_index_min_documents,
         "chunks": chunks,
         "stored_chunks_digest": digest,
         "prefect_server_database": backend,

@@ -25,6 +25,8 @@ The index-scan counter of the collection's index (``pg_stat_user_indexes``) chec
 ingestflow search used the index and no exact one did. recall@10 is the mean overlap of the
 two top-10 sets (by document and ordinal) over 10; ``recall_at_10_distance`` counts instead the
 hits not farther than the exact 10th hit (ann-benchmarks' definition), which is robust to ties.
+Afterwards every query runs again at a few other ``ef_search`` values (``ef_search_sweep``:
+recall@10 and p50 at each), to show what the product's setting trades.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from bench.write_path import (
 
 K = 10
 WARMUP = 20
+SWEEP_EF_SEARCH = (40, 200, 400)
 DIMENSION = 384
 
 
@@ -144,13 +147,13 @@ def loaded_collection(count: int) -> tuple[int, dict[str, Any]]:
 # --------------------------------------------------------------------------------------------
 
 
-def index_scans(conn: Any, collection_id: int, *, settle: bool = False) -> int:
-    """Scans of the collection's HNSW index so far, as the statistics system counts them;
-    with ``settle``, once the count has stopped changing (backends flush their counts when
-    they go idle, just after the statement that asked them to)."""
+def index_scans(conn: Any, collection_id: int) -> int:
+    """Scans of the collection's HNSW index so far, as the statistics system counts them, once
+    the count has stopped changing (backends flush their counts when they go idle, just after
+    the statement that asked them to)."""
     name = f"chunks_embedding_c{collection_id}"
     last = -1
-    for _ in range(20 if settle else 1):
+    for _ in range(20):
         conn.execute("SELECT pg_stat_clear_snapshot()")
         row = conn.execute(
             "SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = %s", (name,)
@@ -161,6 +164,35 @@ def index_scans(conn: Any, collection_id: int, *, settle: bool = False) -> int:
         last = count
         time.sleep(0.25)
     return last
+
+
+def _at_ef_search(
+    conn: Any,
+    collection_id: int,
+    vectors: np.ndarray,
+    exact: Sequence[Sequence[tuple[tuple[str, int], float]]],
+    ef_search: int,
+) -> dict[str, float]:
+    """recall@10 and p50 latency of ``search_chunks`` at another ``ef_search`` (what raising
+    or lowering the product's 100 would trade), against the exact results already found."""
+    from storage.chunks import search_chunks
+
+    recalls, latency = [], []
+    for vector, truth in zip(vectors, exact, strict=True):
+        started = time.perf_counter()
+        hits = search_chunks(
+            conn,
+            collection_id=collection_id,
+            dimension=DIMENSION,
+            query_vector=vector,
+            k=K,
+            ef_search=ef_search,
+        )
+        latency.append((time.perf_counter() - started) * 1000)
+        recalls.append(
+            recall_at_k([(h.document_id, h.ordinal) for h in hits], [h for h, _ in truth], K)
+        )
+    return {"recall_at_10": float(np.mean(recalls)), "p50_ms": round(percentile(latency, 50), 3)}
 
 
 def measure(collection_id: int, queries: Sequence[str]) -> tuple[list[Row], dict[str, Any]]:
@@ -191,11 +223,15 @@ def measure(collection_id: int, queries: Sequence[str]) -> tuple[list[Row], dict
             search("exact", i, record=False)
         for conn in (ann, exact):
             conn.execute("SELECT pg_stat_force_next_flush()")
-        before = index_scans(stats, collection_id, settle=True)
+        before = index_scans(stats, collection_id)
         alternate(len(queries), lambda i: search("ann", i), lambda i: search("exact", i))
         for conn in (ann, exact):
             conn.execute("SELECT pg_stat_force_next_flush()")
-        scans = index_scans(stats, collection_id, settle=True) - before
+        scans = index_scans(stats, collection_id) - before
+        sweep = {
+            ef: _at_ef_search(ann, collection_id, vectors, results["exact"], ef)
+            for ef in SWEEP_EF_SEARCH
+        }
 
     # One HNSW scan per ingestflow search and none for the exact ones: twice as many would
     # mean the exact searches used the index too.
@@ -235,6 +271,7 @@ def measure(collection_id: int, queries: Sequence[str]) -> tuple[list[Row], dict
         )
     )
     detail = {
+        "ef_search_sweep": sweep,
         "recall_at_10_distance": float(np.mean(by_distance)),
         "queries_with_fewer_than_k_hits": short,
         "queries_below_recall_0.8": sum(1 for r in by_id if r < 0.8),
