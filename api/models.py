@@ -62,12 +62,20 @@ class SearchRequest(BaseModel):
     filter: dict[str, Any] | None = Field(
         default=None, description="A JSON object the document metadata must contain."
     )
+    mode: Literal["vector", "hybrid"] = Field(
+        default="vector",
+        description="`vector`: cosine similarity; `hybrid`: vector and full-text rankings"
+        " fused by reciprocal rank fusion (better for rare exact terms: codes, names).",
+    )
 
 
 class SearchHit(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
-    score: float
+    score: float = Field(
+        description="`vector`: cosine similarity; `hybrid`: the fused score, the sum over the"
+        " vector and full-text lists of 1 / (60 + rank)."
+    )
     content: str
     source_uri: str
     document_id: str

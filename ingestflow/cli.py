@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import warnings
@@ -24,6 +25,17 @@ app.add_typer(eval_app, name="eval")
 app.add_typer(storage_app, name="storage")
 app.add_typer(keys_app, name="keys")
 app.command(help=UP_HELP)(up)
+
+
+class SearchMode(enum.StrEnum):
+    VECTOR = "vector"
+    HYBRID = "hybrid"
+
+
+_MODE_HELP = (
+    "vector: cosine similarity; hybrid: vector and Postgres full-text rankings fused by"
+    " reciprocal rank fusion (helps with rare exact terms: codes, names)."
+)
 
 
 @app.callback()
@@ -112,12 +124,17 @@ def search(
     filter: Annotated[
         str | None, typer.Option(help="JSON object the metadata must contain.")
     ] = None,
+    mode: Annotated[SearchMode, typer.Option(help=_MODE_HELP)] = SearchMode.VECTOR,
 ) -> None:
-    """Show the chunks most similar to QUERY, with source, provenance and score."""
+    """Show the chunks that best answer QUERY, with source, provenance and score."""
     from ingestflow.service import search as run_search
 
     hits = run_search(
-        query, collection=collection, k=k, filter=_json_object(filter) if filter else None
+        query,
+        collection=collection,
+        k=k,
+        filter=_json_object(filter) if filter else None,
+        mode=mode.value,
     )
     if not hits:
         console.print("no results")
@@ -204,6 +221,7 @@ def eval_beir(
     one_chunk_per_doc: Annotated[
         bool, typer.Option(help="Index each document whole (the MTEB setting).")
     ] = False,
+    mode: Annotated[SearchMode, typer.Option(help=_MODE_HELP)] = SearchMode.VECTOR,
 ) -> None:
     """Ingest a BEIR dataset and print nDCG@10, recall@100 and MRR@10 of its test queries."""
     import uuid
@@ -215,9 +233,10 @@ def eval_beir(
     from ingestflow.evaluation import run_beir
 
     name = collection or f"beir-{path.name}-{uuid.uuid4().hex[:8]}"
-    scores, docs = run_beir(path, collection=name, small=small)
+    scores, docs = run_beir(path, collection=name, small=small, mode=mode.value)
     console.print(
-        f"{path.name}: {docs} documents, {scores.queries} queries, collection {name!r}\n"
+        f"{path.name}: {docs} documents, {scores.queries} queries, collection {name!r},"
+        f" {mode.value} search\n"
         f"nDCG@10 {scores.ndcg_at_10:.4f}  recall@100 {scores.recall_at_100:.4f}"
         f"  MRR@10 {scores.mrr_at_10:.4f}",
         markup=False,

@@ -13,6 +13,10 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from storage.chunks import SearchMode
 
 
 @dataclass(frozen=True)
@@ -83,9 +87,14 @@ def write_corpus(dataset: Path, folder: Path, keep: set[str] | None = None) -> i
 
 
 def run_beir(
-    dataset: Path, *, collection: str, small: bool = False, k: int = 100
+    dataset: Path,
+    *,
+    collection: str,
+    small: bool = False,
+    k: int = 100,
+    mode: SearchMode = "vector",
 ) -> tuple[Scores, int]:
-    """Ingest ``dataset`` into ``collection`` and score its test queries.
+    """Ingest ``dataset`` into ``collection`` and score its test queries, searched in ``mode``.
 
     ``small`` keeps the first 30 judged queries and only their relevant documents plus 200
     others, for a quick smoke run. Returns the scores and the number of documents.
@@ -106,7 +115,7 @@ def run_beir(
         ingest(tmp, collection=collection, batch_size=64)
     rankings = {}
     for qid in qrels:
-        hits = search(queries[qid], collection=collection, k=k)
+        hits = search(queries[qid], collection=collection, k=k, mode=mode)
         rankings[qid] = _documents_in_order(h.source_uri for h in hits)
     return score(rankings, qrels), docs
 

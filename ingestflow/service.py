@@ -19,6 +19,7 @@ from ingestflow.sources import expand_sources
 from ingestflow.types import IngestResult, SearchHit
 
 if TYPE_CHECKING:
+    from storage.chunks import SearchMode
     from storage.documents import DocumentRecord
     from storage.objectstore import ObjectInfo
     from storage.registration import Registration
@@ -124,8 +125,14 @@ def search(
     k: int = 5,
     filter: dict[str, Any] | None = None,
     tenant: str = "default",
+    mode: SearchMode = "vector",
 ) -> list[SearchHit]:
-    """The ``k`` chunks most similar to ``query``, embedded with the collection's own model."""
+    """The ``k`` chunks that best answer ``query``, embedded with the collection's own model.
+
+    ``mode="vector"`` ranks by cosine similarity (the score); ``"hybrid"`` fuses that ranking
+    with Postgres full-text search by reciprocal rank fusion (the score is the fused score),
+    which helps queries with rare exact terms: identifiers, codes, names.
+    """
     from storage.chunks import search_chunks
     from storage.collections import get_collection
     from storage.db import connection
@@ -134,6 +141,8 @@ def search(
 
     if not query.strip():
         raise InvalidRequestError("the search query is empty")
+    if mode not in ("vector", "hybrid"):
+        raise InvalidRequestError(f"unknown search mode {mode!r}; use 'vector' or 'hybrid'")
     ensure_schema()
     with connection() as conn:
         coll = get_collection(conn, name=collection, tenant=tenant)
@@ -144,6 +153,8 @@ def search(
             collection_id=coll.id,
             dimension=coll.dimension,
             query_vector=vector,
+            query_text=query,
+            mode=mode,
             k=k,
             metadata_filter=filter,
         )

@@ -1,4 +1,4 @@
-"""Similarity search, through the same ``ingestflow.service.search`` as the CLI and notebook."""
+"""Search, vector or hybrid: the same ``ingestflow.service.search`` as the CLI and notebook."""
 
 from __future__ import annotations
 
@@ -14,8 +14,14 @@ router = APIRouter(tags=["search"])
 
 @router.post("/collections/{collection}/search", response_model=SearchResponse)
 def search(collection: CollectionName, body: SearchRequest, key: Principal) -> SearchResponse:
-    """The ``k`` chunks most similar to ``query`` whose document metadata contains ``filter``."""
+    """The ``k`` chunks that best answer ``query`` whose document metadata contains ``filter``,
+    ranked by vector similarity or, with ``mode: "hybrid"``, vector and full text fused."""
     hits = service.search(
-        body.query, collection=collection, k=body.k, filter=body.filter, tenant=key.tenant
+        body.query,
+        collection=collection,
+        k=body.k,
+        filter=body.filter,
+        tenant=key.tenant,
+        mode=body.mode,
     )
     return SearchResponse(hits=[SearchHit.model_validate(h) for h in hits])
