@@ -20,9 +20,13 @@ Queries: the 300 SciFact test queries (``qrels/test.tsv``), embedded the same wa
   ``enable_indexscan = off``: the same SQL, planned without the HNSW index (a scan that
   computes every distance), giving the true top 10.
 
-Each query runs both ways, the order swapped every query, after a warm-up of 20 queries each.
-The index-scan counter of the collection's index (``pg_stat_user_indexes``) checks that every
-ingestflow search used the index and no exact one did. recall@10 is the mean overlap of the
+After a warm-up of 20 queries each way (exact first), all queries run through ingestflow, then
+all exactly, then all through ingestflow again. ingestflow's percentiles are over both passes:
+the first runs on a warm index, the second after the exact scans have pushed much of it out of
+Postgres' shared buffers, as any large scan would (each pass's p50 is in the detail); both
+passes must return the same hits. The index-scan counter of the collection's index
+(``pg_stat_user_indexes``) checks that every ingestflow search used the index and no exact one
+did. recall@10 is the mean overlap of the
 two top-10 sets (by document and ordinal) over 10; ``recall_at_10_distance`` counts instead the
 hits not farther than the exact 10th hit (ann-benchmarks' definition), which is robust to ties.
 Afterwards every query runs again at a few other ``ef_search`` values (``ef_search_sweep``:
@@ -45,7 +49,6 @@ from bench.write_path import (
     MAINTENANCE_SETTINGS,
     SCIFACT,
     Row,
-    alternate,
     argument_parser,
     bench_database,
     build_vector_index,
@@ -195,36 +198,42 @@ def _at_ef_search(
     return {"recall_at_10": float(np.mean(recalls)), "p50_ms": round(percentile(latency, 50), 3)}
 
 
-def measure(collection_id: int, queries: Sequence[str]) -> tuple[list[Row], dict[str, Any]]:
+def measure(
+    collection_id: int, count: int, queries: Sequence[str]
+) -> tuple[list[Row], dict[str, Any]]:
     from storage.chunks import search_chunks
     from storage.db import connection
 
     vectors = hash_embed(queries, DIMENSION)
-    results: dict[str, list[list[tuple[tuple[str, int], float]]]] = {"ann": [], "exact": []}
+    results: dict[str, list[list[tuple[tuple[str, int], float]]]] = {}
     latency: dict[str, list[float]] = {"ann": [], "exact": []}
 
     with connection() as ann, connection() as exact, connection() as stats:
         exact.execute("SET enable_indexscan = off")
 
-        def search(kind: str, i: int, record: bool = True) -> float:
-            conn = ann if kind == "ann" else exact
+        def search(kind: str, i: int) -> list[tuple[tuple[str, int], float]]:
             started = time.perf_counter()
             hits = search_chunks(
-                conn, collection_id=collection_id, dimension=DIMENSION, query_vector=vectors[i], k=K
+                ann if kind == "ann" else exact,
+                collection_id=collection_id,
+                dimension=DIMENSION,
+                query_vector=vectors[i],
+                k=K,
             )
-            seconds = time.perf_counter() - started
-            if record:
-                results[kind].append([((h.document_id, h.ordinal), 1 - h.score) for h in hits])
-                latency[kind].append(seconds * 1000)
-            return seconds
+            latency[kind].append((time.perf_counter() - started) * 1000)
+            return [((h.document_id, h.ordinal), 1 - h.score) for h in hits]
 
-        for i in range(min(WARMUP, len(queries))):
-            search("ann", i, record=False)
-            search("exact", i, record=False)
+        for kind in ("exact", "ann"):
+            for i in range(min(WARMUP, len(queries))):
+                search(kind, i)
+        for values in latency.values():
+            values.clear()  # the warm-up's
         for conn in (ann, exact):
             conn.execute("SELECT pg_stat_force_next_flush()")
         before = index_scans(stats, collection_id)
-        alternate(len(queries), lambda i: search("ann", i), lambda i: search("exact", i))
+        results["ann"] = [search("ann", i) for i in range(len(queries))]
+        results["exact"] = [search("exact", i) for i in range(len(queries))]
+        again = [search("ann", i) for i in range(len(queries))]
         for conn in (ann, exact):
             conn.execute("SELECT pg_stat_force_next_flush()")
         scans = index_scans(stats, collection_id) - before
@@ -233,13 +242,15 @@ def measure(collection_id: int, queries: Sequence[str]) -> tuple[list[Row], dict
             for ef in SWEEP_EF_SEARCH
         }
 
-    # One HNSW scan per ingestflow search and none for the exact ones: twice as many would
-    # mean the exact searches used the index too.
-    if scans != len(queries):
+    # One HNSW scan per ingestflow search and none for the exact ones: more would mean the
+    # exact searches used the index too.
+    if scans != 2 * len(queries):
         raise AssertionError(
-            f"plans not as intended: {scans} HNSW index scans for {len(queries)} ingestflow"
-            " searches and as many exact ones"
+            f"plans not as intended: {scans} HNSW index scans for {2 * len(queries)}"
+            f" ingestflow searches and {len(queries)} exact ones"
         )
+    if [[h for h, _ in r] for r in again] != [[h for h, _ in r] for r in results["ann"]]:
+        raise AssertionError("the same HNSW search gave different results twice")
     by_id, by_distance, short = [], [], 0
     for found, truth in zip(results["ann"], results["exact"], strict=True):
         if len(truth) < K:
@@ -250,8 +261,8 @@ def measure(collection_id: int, queries: Sequence[str]) -> tuple[list[Row], dict
     recall = float(np.mean(by_id))
     rows = [
         ratio_row(
-            f"search latency p{q} ({len(queries)} SciFact queries, k={K}): search_chunks with"
-            " HNSW vs exact search (same SQL, index scans off)",
+            f"search latency p{q} ({len(queries)} SciFact queries, k={K}, {count:,} chunks):"
+            " search_chunks with HNSW vs exact search (same SQL, index scans off)",
             percentile(latency["ann"], q),
             percentile(latency["exact"], q),
             "ms",
@@ -261,7 +272,8 @@ def measure(collection_id: int, queries: Sequence[str]) -> tuple[list[Row], dict
     ]
     rows.append(
         Row(
-            f"recall@{K} of search_chunks against exact search ({len(queries)} queries)",
+            f"recall@{K} of search_chunks against exact search ({len(queries)} queries,"
+            f" {count:,} chunks, ef_search 100)",
             recall,
             1.0,
             "recall",
@@ -275,6 +287,10 @@ def measure(collection_id: int, queries: Sequence[str]) -> tuple[list[Row], dict
         "recall_at_10_distance": float(np.mean(by_distance)),
         "queries_with_fewer_than_k_hits": short,
         "queries_below_recall_0.8": sum(1 for r in by_id if r < 0.8),
+        "ingestflow_p50_ms_per_pass": [
+            round(percentile(latency["ann"][: len(queries)], 50), 3),
+            round(percentile(latency["ann"][len(queries) :], 50), 3),
+        ],
         "latency_ms": {
             kind: {f"p{q}": round(percentile(v, q), 3) for q in (50, 95, 99)}
             for kind, v in latency.items()
@@ -292,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with bench_database(args.database_url):
         coll, load = loaded_collection(count)
         try:
-            rows, detail = measure(coll, test_queries())
+            rows, detail = measure(coll, count, test_queries())
         finally:
             drop_collection(coll)
     write_result(
