@@ -24,6 +24,7 @@ from storage.collections import ensure_collection
 from storage.db import connection
 from storage.documents import claim_document
 from tests.conftest import reset_caches
+from tests.support.parts import CATALOGUE, PART_QUERY
 
 
 @pytest.fixture
@@ -78,27 +79,6 @@ def index(
 
 def names(hits) -> list[str]:
     return [h.source_uri.removeprefix("mem://") for h in hits]
-
-
-# A parts catalogue. The query names one part number; most entries name part numbers one
-# digit away. The hashed-word embedder, like a subword model, sees the near misses as
-# nearly the same token (shared character trigrams) and ranks them above the long entry
-# that holds the exact number; full text matches only the exact number.
-CATALOGUE = {
-    "xq7731": "XQ7731: fuser assembly for the M400 and M450 printers, with heat roller,"
-    " pressure roller and thermistor; fitted by service engineers only.",
-    "xq7732": "Replacement part XQ7732: paper tray roller.",
-    "xq7733": "Replacement part XQ7733: toner sensor.",
-    "xq7713": "Replacement part XQ7713: drum unit.",
-    "xq7371": "Replacement part XQ7371: transfer belt.",
-    "xq7730": "Replacement part XQ7730: duplex unit.",
-    "xq7735": "Replacement part XQ7735: waste toner box.",
-    "kit": "Replacement part kit: rollers and pads for the paper path.",
-    "order": "Order a replacement part through the service portal; parts ship in two days.",
-    "warranty": "A replacement part fitted by the customer voids the warranty.",
-    "toner": "Toner cartridges are consumables, not replacement parts.",
-}
-PART_QUERY = "where is XQ7731"
 
 
 def test_a_rare_exact_term_ranks_its_chunk_first_in_hybrid_not_in_vector(embedder, collection):
@@ -206,6 +186,13 @@ def test_api_takes_the_mode_and_refuses_unknown_ones(embedder, collection):
     assert vector.json()["hits"][0]["source_uri"] != "mem://xq7731"
     assert unknown.status_code == 422
     assert unknown.json()["error"]["code"] == "invalid_request"
+
+
+def test_an_unknown_mode_is_an_invalid_request():
+    from ingestflow.errors import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError, match="unknown search mode 'bm25'"):
+        search(PART_QUERY, mode="bm25")  # type: ignore[arg-type]
 
 
 def test_the_full_text_migration_applies_to_a_table_that_already_has_chunks(
