@@ -46,12 +46,18 @@ class Embedder(ABC):
         return len(text) // 4 + 1
 
     def batches(self, texts: Sequence[str]) -> Iterator[list[int]]:
-        """Yield index lists whose size respects both the count and the token budget."""
+        """Yield index lists whose size respects both the count and the token budget.
+
+        Indices come shortest text first: a model pads a batch to its longest text, so texts
+        of similar length batched together waste the least work (``embed`` puts the vectors
+        back in input order).
+        """
         limit, token_budget = self.settings.batch_size, self.settings.max_batch_tokens
+        counts = [self.count_tokens(text) for text in texts]
         batch: list[int] = []
         tokens = 0
-        for i, text in enumerate(texts):
-            n = self.count_tokens(text)
+        for i in sorted(range(len(texts)), key=counts.__getitem__):
+            n = counts[i]
             if batch and (len(batch) >= limit or tokens + n > token_budget):
                 yield batch
                 batch, tokens = [], 0
