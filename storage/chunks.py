@@ -21,8 +21,10 @@ _COPY = (
 _COPY_TYPES = ["uuid", "int4", "int4", "text", "text", "jsonb", "vector"]
 
 SearchMode = Literal["vector", "hybrid"]
-RRF_K = 60  # the constant of Cormack et al. (2009), used as is by most hybrid search engines
-HYBRID_CANDIDATES = 100  # chunks taken from each list before fusing (at least k)
+RRF_K = 60  # the constant of Cormack, Clarke and Buettcher (2009), not tuned here
+# Chunks taken from each list before fusing (at least k). On SciFact 200 scored nDCG@10
+# 0.718 against 0.716.
+HYBRID_CANDIDATES = 100
 
 
 @dataclass(frozen=True)
@@ -240,7 +242,9 @@ def _full_text_rows(
             # tsvector output quotes a lexeme exactly as tsquery input wants it.
             "SELECT array_to_tsvector(ARRAY[lexeme])::text AS term"
             " FROM unnest(to_tsvector('english', %s))",
-            (query_text,),
+            # Postgres text cannot hold NUL (vector search never sends the text): here a NUL
+            # separates words like any other non-word character.
+            (query_text.replace("\x00", " "),),
         )
     ]
     if not terms:

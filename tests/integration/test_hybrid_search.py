@@ -89,6 +89,8 @@ def test_a_rare_exact_term_ranks_its_chunk_first_in_hybrid_not_in_vector(embedde
 
     assert vector.index("xq7731") > 2, vector  # the premise: vectors alone bury it
     assert names(hybrid)[0] == "xq7731", names(hybrid)
+    with_nul = search(PART_QUERY.replace(" ", "\x00"), collection=collection, mode="hybrid")
+    assert names(with_nul)[0] == "xq7731"
     assert sorted(names(hybrid)) == sorted(CATALOGUE)
     # The score is the fused score: first in full text, and its vector rank.
     expected = 1 / (RRF_K + 1) + 1 / (RRF_K + 1 + vector.index("xq7731"))
