@@ -138,9 +138,11 @@ def search(
     )
     if not hits:
         console.print("no results")
+    places = 4 if mode is SearchMode.HYBRID else 3  # fused scores are small: at most 2/61
     for rank, hit in enumerate(hits, 1):
         where = ", ".join(f"{k}={v}" for k, v in hit.provenance.items())
-        console.print(f"[bold]{rank}.[/bold] {hit.score:.3f}  {hit.source_uri}  [dim]{where}[/dim]")
+        score = f"{hit.score:.{places}f}"
+        console.print(f"[bold]{rank}.[/bold] {score}  {hit.source_uri}  [dim]{where}[/dim]")
         snippet = " ".join(hit.content.split())
         console.print(f"   {snippet[:300]}{'…' if len(snippet) > 300 else ''}", markup=False)
 
