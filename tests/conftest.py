@@ -118,6 +118,7 @@ def pipeline(database_url, prefect_server, openai_server, monkeypatch) -> Iterat
     reset_caches()
     openai_server.reset()
     yield openai_server
+    openai_server.reset()  # no fault (a 30 s latency, say) outlives the test that set it
     reset_caches()
 
 

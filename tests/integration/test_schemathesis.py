@@ -37,8 +37,9 @@ def purged_queues(celery_redis) -> Iterator[None]:
 
 
 @pytest.fixture
-def service(service_env, celery_redis, purged_queues, monkeypatch) -> Iterator[None]:
+def service(service_env, openai_server, celery_redis, purged_queues, monkeypatch) -> Iterator[None]:
     """The API's environment; the app reads its settings per request."""
+    openai_server.reset()  # a well-behaved embedder: this test checks answers, not faults
     for name, value in service_env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("INGESTFLOW_QUEUE_BACKEND", "celery")
