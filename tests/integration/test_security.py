@@ -437,7 +437,22 @@ class ResponseLog:
 
 def _prefect_records(job_ids: list[str]) -> list[str]:
     """What the Prefect server holds about the runs: parameters, job variables, states,
-    task runs, logs, artifacts, and the deployments they came from."""
+    task runs, logs, artifacts, and the deployments they came from. Task runs and artifacts
+    reach the server as events, a little after a run ends, so this waits for them."""
+    from tests.support.faults import wait_for
+
+    found = wait_for(
+        lambda: _read_prefect_records(job_ids),
+        timeout=60,
+        what="the runs' task runs and artifacts on the Prefect server",
+        interval=0.5,
+    )
+    assert len([r for r in found if '"parameters"' in r]) >= len(job_ids)
+    return found
+
+
+def _read_prefect_records(job_ids: list[str]) -> list[str] | None:
+    """The records, or None while the runs' task runs or artifacts are not all there yet."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
@@ -475,9 +490,7 @@ def _prefect_records(job_ids: list[str]) -> list[str]:
         }
         artifacts = client.request("POST", "/artifacts/filter", json=body).json()
         found += [json.dumps(a) for a in artifacts]
-    assert artifacts and task_runs, "the runs left no artifacts or task runs to search"
-    assert len([r for r in found if '"parameters"' in r]) >= len(job_ids)
-    return found
+    return found if artifacts and task_runs else None
 
 
 def _database_rows(tenant: str) -> list[str]:
