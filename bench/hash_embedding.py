@@ -16,6 +16,7 @@ import numpy as np
 
 DIMENSION = 384
 MODEL_NAME = "bench-hash-384"
+PROVIDER = "bench-hash"  # its name as an ingestflow embedding provider
 _WORD = re.compile(r"\w+")
 
 
@@ -38,3 +39,22 @@ def hash_embed(texts: Sequence[str], dimension: int = DIMENSION) -> np.ndarray:
         else:
             out[row, 0] = 1.0
     return out
+
+
+def register_provider() -> None:
+    """Make ``hash_embed`` ingestflow's embedding provider ``bench-hash`` in this process.
+
+    ingestflow is imported here, not at the top: the peers' environment imports this file
+    without it."""
+    from tasks.embedders import Embedder, register_embedder
+
+    @register_embedder(PROVIDER)
+    class HashEmbedder(Embedder):
+        default_model = MODEL_NAME
+
+        @property
+        def dimension(self) -> int:
+            return DIMENSION
+
+        def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+            return hash_embed(texts)

@@ -42,9 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from bench.hash_embedding import DIMENSION, MODEL_NAME, hash_embed
+from bench.hash_embedding import MODEL_NAME, PROVIDER, register_provider
 from bench.write_path import (
     TENANT,
     Row,
@@ -59,7 +57,6 @@ from bench.write_path import (
 if TYPE_CHECKING:
     from ingestflow.types import DocumentOutcome
 
-PROVIDER = "bench-hash"
 TARGET = 0.10
 
 
@@ -82,22 +79,6 @@ def prefect_api() -> Iterator[tuple[str, str]]:
                 yield api_url, "postgres" if db_url else "sqlite"
         finally:
             os.environ.pop("PREFECT_API_URL", None)
-
-
-def register_hash_embedder() -> None:
-    """Make ``bench.hash_embedding`` available as embedding provider ``bench-hash``."""
-    from tasks.embedders import Embedder, register_embedder
-
-    @register_embedder(PROVIDER)
-    class HashEmbedder(Embedder):
-        default_model = MODEL_NAME
-
-        @property
-        def dimension(self) -> int:
-            return DIMENSION
-
-        def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
-            return hash_embed(texts)
 
 
 def use_fresh_model() -> str:
@@ -315,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         prefect_api() as (_, backend),
         bench_database(args.database_url),
     ):
-        register_hash_embedder()
+        register_provider()
         sources = write_corpus(Path(folder), 300 if args.small else 2000)
         try:
             rows, detail = measure(sources, args.reps, backend)

@@ -45,9 +45,10 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.hash_embedding import MODEL_NAME, PROVIDER, register_provider  # noqa: E402
+
 SYSTEM = "ingestflow"
-HASH_PROVIDER = "bench-hash"
-PROVIDERS = {"minilm": ("local", "all-MiniLM-L6-v2"), "hash": (HASH_PROVIDER, "bench-hash-384")}
+PROVIDERS = {"minilm": ("local", "all-MiniLM-L6-v2"), "hash": (PROVIDER, MODEL_NAME)}
 INDEXING_PHASES = ("first", "unchanged", "change", "delete")
 
 
@@ -84,25 +85,6 @@ def configure_environment(args: argparse.Namespace) -> None:
             "warning: PREFECT_API_URL is unset; Prefect may use its ephemeral SQLite server",
             file=sys.stderr,
         )
-
-
-def register_hash_provider() -> None:
-    """``bench-hash``: the bench's deterministic embedder as an ingestflow provider."""
-    import numpy as np
-
-    from bench.hash_embedding import DIMENSION, MODEL_NAME, hash_embed
-    from tasks.embedders import Embedder, register_embedder
-
-    @register_embedder(HASH_PROVIDER)
-    class BenchHashEmbedder(Embedder):
-        default_model = MODEL_NAME
-
-        @property
-        def dimension(self) -> int:
-            return DIMENSION
-
-        def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
-            return hash_embed(texts)
 
 
 class EmbedCounter:
@@ -266,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = claim_stdout()
     configure_environment(args)
     if args.embedder == "hash":
-        register_hash_provider()
+        register_provider()
     result = final_state(args) if args.phase == "final" else index(args)
     out.write(json.dumps(result) + "\n")
     out.flush()
