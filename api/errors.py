@@ -1,10 +1,17 @@
-"""Every 4xx/5xx answer is JSON ``{"error": {"code": "<stable_snake_code>", "message": "..."}}``."""
+"""Every 4xx/5xx answer is JSON ``{"error": {"code": "<stable_snake_code>", "message": "..."}}``.
+
+An ``IngestError`` carries its own ``code``; ``ANSWERS`` maps that code to the HTTP answer, so
+one handler serves them all. An error whose code has no row is answered by its nearest
+parent's row (a new ``InvalidRequestError`` subclass is a 422 like its parent), and an error
+with none at all is a 500.
+"""
 
 from __future__ import annotations
 
 import logging
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from http import HTTPStatus
 from typing import Any
@@ -15,26 +22,45 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.multipart import MultipartError
-from ingestflow.errors import (
-    BackendUnavailableError,
-    CollectionMismatchError,
-    IngestError,
-    InvalidRequestError,
-    StoreError,
-    TooLargeError,
-)
-from ingestflow.jobs import JobConflictError, JobNotFoundError
-from storage.collections import CollectionNotFoundError
-from storage.documents import DocumentNotFoundError
+from ingestflow.core.errors import IngestError, LimitExceededError
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = 5
-_MULTIPART_STATUS = {
-    "not_multipart": 415,
-    "too_many_parts": 413,
-    "field_too_large": 413,
-    "header_too_large": 431,
+
+
+@dataclass(frozen=True)
+class Answer:
+    """How the API answers an error code: the status, the code it shows (when it differs),
+    and whether the client should come back later or the connection is to be closed."""
+
+    status: int
+    shown_as: str | None = None
+    retry: bool = False
+    close: bool = False
+    note: str = ""  # appended to the error's reason
+
+
+ANSWERS: dict[str, Answer] = {
+    "invalid_request": Answer(422),
+    "uri_not_allowed": Answer(422),
+    "malformed_multipart": Answer(400),
+    "not_multipart": Answer(415),
+    "too_many_parts": Answer(413),
+    "field_too_large": Answer(413),
+    "header_too_large": Answer(431),
+    "too_large": Answer(413, close=True),
+    "request_too_large": Answer(413, close=True),
+    "collection_not_found": Answer(404),
+    "document_not_found": Answer(404),
+    "job_not_found": Answer(404),
+    "job_conflict": Answer(409),
+    "collection_mismatch": Answer(409),
+    "rate_limited": Answer(429),
+    "too_many_jobs": Answer(429),
+    "backend_unavailable": Answer(
+        503, retry=True, note="; queued documents are kept and submitted when it is back"
+    ),
+    "store_error": Answer(503, shown_as="service_unavailable", retry=True),
 }
 
 
@@ -46,12 +72,6 @@ class ApiError(Exception):
     ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers
-
-
-class RequestTooLargeError(IngestError):
-    """A request body passed ``INGESTFLOW_API_MAX_REQUEST_BYTES`` (``api.limits``)."""
-
-    permanent = True
 
 
 def error_response(
@@ -103,20 +123,41 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "the request is invalid"
 
 
+def answer_for(exc: IngestError) -> Answer | None:
+    """The row of ``exc``'s code, else of the nearest parent class's code that has one."""
+    inherited = (cls.__dict__["code"] for cls in type(exc).__mro__ if "code" in cls.__dict__)
+    return next((ANSWERS[c] for c in (exc.code, *inherited) if c in ANSWERS), None)
+
+
+def ingest_error_response(exc: IngestError) -> JSONResponse:
+    answer = answer_for(exc)
+    if answer is None:
+        log.error("unhandled %s: %s", type(exc).__name__, exc.reason)
+        return error_response(500, "internal_error", "an unexpected error occurred")
+    headers: dict[str, str] = {}
+    if answer.retry:
+        headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        log.warning("%s: %s", exc.code, exc.reason)
+    if isinstance(exc, LimitExceededError):
+        headers["Retry-After"] = str(exc.retry_after)
+    if answer.close:
+        headers["Connection"] = "close"
+    code = answer.shown_as or exc.code
+    return error_response(answer.status, code, exc.reason + answer.note, headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status, exc.code, exc.message, exc.headers)
 
+    @app.exception_handler(IngestError)
+    async def ingest_error(_: Request, exc: IngestError) -> JSONResponse:
+        return ingest_error_response(exc)
+
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(422, "invalid_request", _validation_message(exc))
-
-    @app.exception_handler(InvalidRequestError)
-    async def invalid_input(_: Request, exc: InvalidRequestError) -> JSONResponse:
-        if isinstance(exc, MultipartError):
-            return error_response(_MULTIPART_STATUS.get(exc.code, 400), exc.code, exc.reason)
-        return error_response(422, exc.code, exc.reason)
 
     @app.exception_handler(psycopg.errors.DataError)
     async def unstorable(_: Request, exc: psycopg.errors.DataError) -> JSONResponse:
@@ -126,47 +167,6 @@ def install_error_handlers(app: FastAPI) -> None:
         log.info("request data refused by the database: %s", type(exc).__name__)
         message = "the request contains a value the database cannot store (e.g. a NUL character)"
         return error_response(422, "invalid_request", message)
-
-    @app.exception_handler(TooLargeError)
-    async def too_large(_: Request, exc: TooLargeError) -> JSONResponse:
-        return error_response(413, "too_large", exc.reason, {"Connection": "close"})
-
-    @app.exception_handler(RequestTooLargeError)
-    async def request_too_large(_: Request, exc: RequestTooLargeError) -> JSONResponse:
-        return error_response(413, "request_too_large", exc.reason, {"Connection": "close"})
-
-    @app.exception_handler(JobNotFoundError)
-    async def no_job(_: Request, exc: JobNotFoundError) -> JSONResponse:
-        return error_response(404, "job_not_found", exc.reason)
-
-    @app.exception_handler(JobConflictError)
-    async def job_conflict(_: Request, exc: JobConflictError) -> JSONResponse:
-        return error_response(409, "job_conflict", exc.reason)
-
-    @app.exception_handler(CollectionMismatchError)
-    async def mismatch(_: Request, exc: CollectionMismatchError) -> JSONResponse:
-        return error_response(409, "collection_mismatch", exc.reason)
-
-    @app.exception_handler(BackendUnavailableError)
-    async def backend_down(_: Request, exc: BackendUnavailableError) -> JSONResponse:
-        log.warning("queue backend unavailable: %s", exc.reason)
-        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
-        message = f"{exc.reason}; queued documents are kept and submitted when it is back"
-        return error_response(503, "backend_unavailable", message, headers)
-
-    @app.exception_handler(CollectionNotFoundError)
-    async def no_collection(_: Request, exc: CollectionNotFoundError) -> JSONResponse:
-        return error_response(404, "collection_not_found", exc.reason)
-
-    @app.exception_handler(DocumentNotFoundError)
-    async def no_document(_: Request, exc: DocumentNotFoundError) -> JSONResponse:
-        return error_response(404, "document_not_found", exc.reason)
-
-    @app.exception_handler(StoreError)
-    async def unavailable(_: Request, exc: StoreError) -> JSONResponse:
-        log.warning("store unavailable: %s", exc.reason)
-        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
-        return error_response(503, "service_unavailable", exc.reason, headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -31,7 +31,7 @@ from python_multipart import MultipartParser
 from python_multipart.exceptions import FormParserError, MultipartParseError
 from python_multipart.multipart import parse_options_header
 
-from ingestflow.errors import InvalidRequestError
+from ingestflow.core.errors import InvalidRequestError
 
 MAX_FILENAME_BYTES = 200
 # A longer "extension" is not one (a dot inside a long name): the cap then cuts the whole name.

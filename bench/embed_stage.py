@@ -48,8 +48,8 @@ from bench.write_path import (
 def documents_of_chunks(count: int) -> list[list[str]]:
     """SciFact abstracts as lists of their chunk texts (the product's default chunking),
     ``count`` distinct texts in all; the last abstract may be cut short."""
-    from ingestflow.settings import get_settings
-    from ingestflow.types import Segment
+    from ingestflow.core.settings import get_settings
+    from ingestflow.core.types import Segment
     from tasks.chunk import chunk_segments
 
     ingest = get_settings().ingest
@@ -70,7 +70,7 @@ def documents_of_chunks(count: int) -> list[list[str]]:
 
 def fresh_cache_embedder() -> Any:
     """The product's local embedder, its vector-cache identity renamed per run."""
-    from ingestflow.settings import get_settings
+    from ingestflow.core.settings import get_settings
     from tasks.embedders.local import LocalEmbedder
 
     class FreshCacheEmbedder(LocalEmbedder):
@@ -84,8 +84,8 @@ def fresh_cache_embedder() -> Any:
 
 
 def run(documents: list[list[str]], reps: int) -> tuple[list[Row], dict[str, Any]]:
-    from ingestflow.settings import get_settings
-    from ingestflow.types import Chunk
+    from ingestflow.core.settings import get_settings
+    from ingestflow.core.types import Chunk
     from storage.db import connection
     from tasks.chunk import content_hash
     from tasks.embed import embed_documents

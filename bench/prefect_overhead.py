@@ -55,7 +55,7 @@ from bench.write_path import (
 )
 
 if TYPE_CHECKING:
-    from ingestflow.types import DocumentOutcome
+    from ingestflow.core.types import DocumentOutcome
 
 TARGET = 0.10
 
@@ -84,7 +84,7 @@ def prefect_api() -> Iterator[tuple[str, str]]:
 def use_fresh_model() -> str:
     """Select the hash embedder under a model name never used before (an empty vector cache);
     returns the embedder's cache identity."""
-    from ingestflow.settings import get_settings
+    from ingestflow.core.settings import get_settings
     from tasks.embedders import clear_embedders
 
     model = f"{MODEL_NAME}-{uuid.uuid4().hex[:8]}"
@@ -110,8 +110,8 @@ def ingest_direct(sources: Sequence[str], *, collection: str, tenant: str) -> li
     each task's function called directly, over the same micro-batches (a bulk load defers the
     vector index the same way); the documents' outcomes."""
     from flows.ingest import collection_task, pipeline_fingerprint, unique_sources
-    from ingestflow.progress import Progress, report
-    from ingestflow.settings import get_settings
+    from ingestflow.core.progress import Progress, report
+    from ingestflow.core.settings import get_settings
     from storage.migrate import ensure_schema
     from storage.vector_index import DeferredVectorIndex
     from tasks.chunk import chunk_task
@@ -243,7 +243,7 @@ class Runs:
 
 
 def measure(sources: list[str], reps: int, backend: str) -> tuple[list[Row], dict[str, Any]]:
-    from ingestflow.settings import get_settings
+    from ingestflow.core.settings import get_settings
 
     runs = Runs(sources)
     try:

@@ -168,7 +168,7 @@ def scifact_documents() -> list[tuple[str, str]]:
 def distinct_chunks(count: int, sizes: Sequence[int]) -> list[str]:
     """``count`` distinct chunk texts: SciFact cut by the product's chunker at each size in
     turn (overlap a fifth of the size), until there are enough."""
-    from ingestflow.types import Segment
+    from ingestflow.core.types import Segment
     from tasks.chunk import chunk_segments
 
     seen: dict[str, None] = {}
@@ -186,7 +186,7 @@ def bench_database(url: str | None) -> Iterator[str]:
     """``url`` (or an embedded Postgres), migrated, with the product's settings pointing at it."""
     with nullcontext(url) if url else database() as db_url:
         os.environ["DATABASE_URL"] = db_url
-        from ingestflow.settings import get_settings
+        from ingestflow.core.settings import get_settings
         from storage.db import reset_engine
         from storage.migrate import ensure_schema
 
@@ -371,7 +371,7 @@ def prefilled_collection(pool: TextPool, rows: int) -> int:
 
 def single_document_rows(pool: TextPool, sizes: Sizes) -> tuple[list[Row], dict[str, Any]]:
     """Rows of part (a) at the pool's dimension; detail: every repetition's rows/s."""
-    from ingestflow.types import Chunk
+    from ingestflow.core.types import Chunk
     from storage.chunks import DocumentChunks, replace_chunks
     from storage.db import connection, transaction
     from tasks.chunk import content_hash
@@ -519,8 +519,8 @@ def _product_bulk_load(
     before every micro-batch), with the product's settings. Returns the seconds until the
     last micro-batch was written, the seconds in all (the index rebuild included) and whether
     the index was deferred."""
-    from ingestflow.settings import get_settings
-    from ingestflow.types import Chunk
+    from ingestflow.core.settings import get_settings
+    from ingestflow.core.types import Chunk
     from storage.chunks import DocumentChunks, replace_chunks
     from storage.db import transaction
     from storage.vector_index import DeferredVectorIndex

@@ -22,7 +22,7 @@ or, without importing this module, ``app.send_task("ingestflow.ingest", kwargs=.
 
 A task calls the flow directly (``flows.ingest_batch`` / ``flows.delete_documents``), so the
 run shows on the Prefect server named by ``PREFECT_API_URL`` (or a server on 127.0.0.1:4200,
-see ``ingestflow.prefect_env``; never an ephemeral server per task).
+see ``deployments.prefect_server``; never an ephemeral server per task).
 
 **A worker that dies mid-task.** Tasks are acknowledged late (``task_acks_late``) and a task
 whose worker process is lost is rejected back to the queue (``task_reject_on_worker_lost``);
@@ -35,7 +35,7 @@ atomically, and deleting twice is harmless. The visibility timeout
 (``INGESTFLOW_CELERY_VISIBILITY_TIMEOUT``, 3 h by default) must exceed the longest job, or a
 job still running is handed to a second worker as well.
 
-Configuration is read from ``ingestflow.settings`` (``REDIS_URL``) when the app is first
+Configuration is read from ``ingestflow.core.settings`` (``REDIS_URL``) when the app is first
 configured, not at import, and is added as Celery *defaults*: a user's own
 ``app.conf.update(...)`` or ``config_from_object`` still wins. The Redis URL is a secret and is
 never logged (Celery's banner masks its password).
@@ -51,13 +51,15 @@ from typing import Any
 from celery import Celery, Task, signals
 from celery.exceptions import Ignore
 from kombu import Queue
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ingestflow.settings import get_settings
+from deployments.prefect_server import use_running_server
+from deployments.queue import JobRequest
+from ingestflow.core.settings import get_settings
+from ingestflow.core.types import JobKind
 
 INGEST_TASK = "ingestflow.ingest"
 DELETE_TASK = "ingestflow.delete"
+TASKS = {JobKind.INGEST: INGEST_TASK, JobKind.DELETE: DELETE_TASK}
 PRIORITIES = ("high", "normal", "low")  # the order a worker should consume them in
 QUEUES = tuple(f"ingestflow.{p}" for p in PRIORITIES)
 DEFAULT_QUEUE = "ingestflow.normal"
@@ -67,22 +69,11 @@ CONNECT_TIMEOUT_SECONDS = 2.0
 SOCKET_TIMEOUT_SECONDS = 3.0
 
 
-class CelerySettings(BaseSettings):
-    """Celery-only knobs; the Redis URL itself is ``REDIS_URL`` (``QueueSettings``)."""
-
-    model_config = SettingsConfigDict(env_prefix="INGESTFLOW_CELERY_", extra="ignore")
-
-    visibility_timeout: int = Field(
-        default=3 * 3600,
-        gt=0,
-        description="Seconds before an unacknowledged job (its worker died) is re-queued;"
-        " must exceed the longest job.",
-    )
-
-
 def celery_config() -> dict[str, Any]:
-    """The app's settings, from ``ingestflow.settings`` and ``INGESTFLOW_CELERY_*``."""
-    url = get_settings().queue.redis_url.get_secret_value()
+    """The app's settings, from ``ingestflow.core.settings`` (``REDIS_URL``,
+    ``INGESTFLOW_CELERY_*``)."""
+    settings = get_settings()
+    url = settings.queue.redis_url.get_secret_value()
     return {
         "broker_url": url,
         "result_backend": url,
@@ -101,7 +92,7 @@ def celery_config() -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,  # a worker waits for Redis to come up
         "broker_connection_timeout": CONNECT_TIMEOUT_SECONDS,
         "broker_transport_options": {
-            "visibility_timeout": CelerySettings().visibility_timeout,
+            "visibility_timeout": settings.celery.visibility_timeout,
             "queue_order_strategy": "priority",
             "socket_connect_timeout": CONNECT_TIMEOUT_SECONDS,
             "socket_timeout": SOCKET_TIMEOUT_SECONDS,
@@ -191,9 +182,8 @@ def ingest(
     _begin(self)
     from flows import ingest_batch  # Prefect is imported in the worker's child, after fork
 
-    state = ingest_batch(
-        list(sources), collection=collection, tenant=tenant, force=force, return_state=True
-    )
+    request = JobRequest.ingest(sources=sources, collection=collection, tenant=tenant, force=force)
+    state = ingest_batch(**request.flow_parameters(), return_state=True)
     result = state.result()
     return ingest_summary(result, tenant=tenant, flow_run_id=_flow_run_id(state))
 
@@ -206,9 +196,8 @@ def delete(
     _begin(self)
     from flows import delete_documents
 
-    state = delete_documents(
-        list(document_ids), collection=collection, tenant=tenant, return_state=True
-    )
+    request = JobRequest.delete(document_ids=document_ids, collection=collection, tenant=tenant)
+    state = delete_documents(**request.flow_parameters(), return_state=True)
     result = state.result()
     return {
         "kind": "delete",
@@ -271,6 +260,4 @@ def _results_outlast_redis_restarts(sender: Any = None, **_: Mapping[str, Any]) 
 def _use_running_prefect_server(**_: Mapping[str, Any]) -> None:
     # In the worker's main process, before it forks its children: they inherit the chosen
     # PREFECT_API_URL, so no task starts Prefect's ephemeral server (20-30 s each).
-    from ingestflow.prefect_env import use_running_server
-
     use_running_server()

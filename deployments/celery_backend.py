@@ -12,8 +12,8 @@ RETRY -> running; SUCCESS -> completed; FAILURE, REJECTED -> failed; REVOKED -> 
 
 Every Redis call runs with short socket timeouts and bounded publish retries (see
 ``celery_app.celery_config``); a connection failure leaves as ``BackendUnavailableError``,
-which never names the URL. Celery and redis are imported when the backend is built: the API
-and the CLI import this module through the backend registry.
+which never names the URL. This module (and Celery with it) is imported only where the
+``celery`` backend is chosen: the registry loads it by its entry point.
 """
 
 from __future__ import annotations
@@ -24,27 +24,16 @@ from contextlib import contextmanager, suppress
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from deployments.queue import (
-    DeleteRequest,
-    IngestRequest,
-    JobInfo,
-    JobKind,
-    JobState,
-    Priority,
-    register_backend,
-)
-from ingestflow.errors import BackendUnavailableError
+from deployments.celery_app import QUEUES, RESULT_TTL_SECONDS, TASKS, app, job_key, utc_now
+from deployments.queue import FLOW_PARAMETERS, JobInfo, JobRequest
+from ingestflow.core.errors import BackendUnavailableError
+from ingestflow.core.types import JobKind, JobState, Priority
 
 if TYPE_CHECKING:
     from celery import Celery
 
 UNREACHABLE = "the Celery broker (Redis) is unreachable"
 _MESSAGE_LIMIT = 500
-# The tasks' positional parameters, to read a request sent with positional arguments.
-_PARAMETERS = {
-    JobKind.INGEST: ("sources", "collection", "tenant", "force"),
-    JobKind.DELETE: ("document_ids", "collection", "tenant"),
-}
 
 _STATE_BY_CELERY = {
     "PENDING": JobState.QUEUED,
@@ -58,11 +47,8 @@ _STATE_BY_CELERY = {
 }
 
 
-@register_backend("celery")
 def celery_backend() -> CeleryBackend:
     """The backend on the shared app of ``deployments.celery_app`` (one connection pool)."""
-    from deployments.celery_app import app
-
     return CeleryBackend(app)
 
 
@@ -85,24 +71,28 @@ class CeleryBackend:
             OSError,
         )
 
-    def submit_ingest(self, request: IngestRequest) -> str:
-        """Queue an ``ingestflow.ingest`` task on the request's priority queue."""
-        kwargs = {
-            "sources": list(request.sources),
-            "collection": request.collection,
-            "tenant": request.tenant,
-            "force": request.force,
-        }
-        return self._submit(JobKind.INGEST, kwargs, request)
-
-    def submit_delete(self, request: DeleteRequest) -> str:
-        """Queue an ``ingestflow.delete`` task on the request's priority queue."""
-        kwargs = {
-            "document_ids": list(request.document_ids),
-            "collection": request.collection,
-            "tenant": request.tenant,
-        }
-        return self._submit(JobKind.DELETE, kwargs, request)
+    def submit(self, request: JobRequest) -> str:
+        """Queue an ``ingestflow.ingest`` or ``ingestflow.delete`` task, with the flow's
+        parameters as its keyword arguments, on the request's priority queue."""
+        job_id = str(uuid.uuid4())
+        priority = Priority(request.priority)
+        with self._reachable():
+            if request.idempotency_key:
+                earlier = self._claim_idempotency_key(request, job_id)
+                if earlier is not None:
+                    return earlier
+            self._write_record(job_id, request, priority)
+            try:
+                self.app.send_task(
+                    TASKS[request.kind],
+                    kwargs=request.flow_parameters(),
+                    queue=f"ingestflow.{priority.value}",
+                    task_id=job_id,
+                )
+            except self._unreachable:
+                self._forget(job_id, request)
+                raise
+        return job_id
 
     def status(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
         """The known jobs among ``job_ids``, read in two round trips."""
@@ -119,8 +109,6 @@ class CeleryBackend:
         """Revoke the task (SIGTERM to a running one). A queued job is ``cancelled`` at once
         and never starts; a running one is ``cancelling`` until its worker reports. Finished
         and unknown jobs are returned unchanged."""
-        from deployments.celery_app import job_key
-
         info = self.status([job_id]).get(job_id)
         if info is None or info.state.terminal:
             return info or JobInfo(id=job_id, backend=self.name, state=JobState.UNKNOWN)
@@ -143,8 +131,6 @@ class CeleryBackend:
 
     def queue_depth(self) -> int:
         """Jobs waiting in the three priority queues (started ones are not in the lists)."""
-        from deployments.celery_app import QUEUES
-
         with self._reachable():
             pipe = self._client().pipeline()
             for queue in QUEUES:
@@ -153,42 +139,9 @@ class CeleryBackend:
 
     # internals -----------------------------------------------------------------------------
 
-    def _submit(
-        self, kind: JobKind, kwargs: dict[str, Any], request: IngestRequest | DeleteRequest
-    ) -> str:
-        from deployments.celery_app import DELETE_TASK, INGEST_TASK
-
-        job_id = str(uuid.uuid4())
-        priority = Priority(request.priority)
-        with self._reachable():
-            if request.idempotency_key:
-                earlier = self._claim_idempotency_key(request, job_id)
-                if earlier is not None:
-                    return earlier
-            self._write_record(job_id, kind, request, priority)
-            try:
-                self.app.send_task(
-                    INGEST_TASK if kind is JobKind.INGEST else DELETE_TASK,
-                    kwargs=kwargs,
-                    queue=f"ingestflow.{priority.value}",
-                    task_id=job_id,
-                )
-            except self._unreachable:
-                self._forget(job_id, request)
-                raise
-        return job_id
-
-    def _write_record(
-        self,
-        job_id: str,
-        kind: JobKind,
-        request: IngestRequest | DeleteRequest,
-        priority: Priority,
-    ) -> None:
-        from deployments.celery_app import RESULT_TTL_SECONDS, job_key, utc_now
-
+    def _write_record(self, job_id: str, request: JobRequest, priority: Priority) -> None:
         record = {
-            "kind": kind.value,
+            "kind": request.kind.value,
             "tenant": request.tenant,
             "collection": request.collection,
             "priority": priority.value,
@@ -199,13 +152,9 @@ class CeleryBackend:
         pipe.expire(job_key(job_id), RESULT_TTL_SECONDS)
         pipe.execute()
 
-    def _claim_idempotency_key(
-        self, request: IngestRequest | DeleteRequest, job_id: str
-    ) -> str | None:
+    def _claim_idempotency_key(self, request: JobRequest, job_id: str) -> str | None:
         """The job already submitted under the request's key, or None after claiming the key
         for ``job_id``."""
-        from deployments.celery_app import RESULT_TTL_SECONDS
-
         client = self._client()
         key = _idempotency_key(request)
         if client.set(key, job_id, nx=True, ex=RESULT_TTL_SECONDS):
@@ -213,11 +162,9 @@ class CeleryBackend:
         earlier = client.get(key)
         return earlier.decode() if isinstance(earlier, bytes) else earlier
 
-    def _forget(self, job_id: str, request: IngestRequest | DeleteRequest) -> None:
+    def _forget(self, job_id: str, request: JobRequest) -> None:
         # The task was never published: drop its record so status() does not report it
         # queued forever. Redis is probably down too; the records then simply expire.
-        from deployments.celery_app import job_key
-
         keys = [job_key(job_id)]
         if request.idempotency_key:
             keys.append(_idempotency_key(request))
@@ -225,8 +172,6 @@ class CeleryBackend:
             self._client().delete(*keys)
 
     def _records(self, ids: list[str]) -> dict[str, dict[str, str]]:
-        from deployments.celery_app import job_key
-
         pipe = self._client().pipeline()
         for job_id in ids:
             pipe.hgetall(job_key(job_id))
@@ -251,7 +196,7 @@ class CeleryBackend:
             raise BackendUnavailableError(UNREACHABLE) from exc
 
 
-def _idempotency_key(request: IngestRequest | DeleteRequest) -> str:
+def _idempotency_key(request: JobRequest) -> str:
     return f"ingestflow:idempotency:{request.tenant}:{request.idempotency_key}"
 
 
@@ -284,11 +229,9 @@ def _job_info(job_id: str, record: dict[str, str], meta: dict[str, Any] | None) 
 
 
 def _kind(recorded: str | None, task_name: str | None) -> JobKind | None:
-    from deployments.celery_app import DELETE_TASK, INGEST_TASK
-
     if recorded in (JobKind.INGEST.value, JobKind.DELETE.value):
         return JobKind(recorded)
-    return {INGEST_TASK: JobKind.INGEST, DELETE_TASK: JobKind.DELETE}.get(task_name or "")
+    return {name: kind for kind, name in TASKS.items()}.get(task_name or "")
 
 
 def _tags(record: dict[str, str], meta: dict[str, Any], kind: JobKind | None) -> dict[str, str]:
@@ -299,7 +242,7 @@ def _tags(record: dict[str, str], meta: dict[str, Any], kind: JobKind | None) ->
     if kind is None:
         return tags
     tags.setdefault("kind", kind.value)
-    params = dict(zip(_PARAMETERS[kind], meta.get("args") or (), strict=False))
+    params = dict(zip(FLOW_PARAMETERS[kind], meta.get("args") or (), strict=False))
     params.update(meta.get("kwargs") or {})
     for name in ("tenant", "collection"):
         value = params.get(name, "default")  # the tasks' own default

@@ -21,8 +21,10 @@ from datetime import UTC, datetime
 from typing import Any, cast
 from uuid import UUID
 
-from deployments.queue import Priority
-from ingestflow.settings import get_settings
+from deployments.requeue import requeue_documents
+from flows import delete_documents, ingest_batch, ingest_document, sweep_bucket
+from ingestflow.core.settings import get_settings
+from ingestflow.core.types import Priority
 
 WORK_POOL = "ingestflow-process"
 DEPLOYMENT_TAGS = ["ingestflow"]
@@ -78,9 +80,6 @@ def build_deployments(*, for_work_pool: bool = False) -> list[Any]:
     from prefect import Flow
     from prefect.deployments.runner import EntrypointType
     from prefect.schedules import Interval
-
-    from deployments.requeue import requeue_documents
-    from flows import delete_documents, ingest_batch, ingest_document, sweep_bucket
 
     specs = deployment_specs()
     extra: dict[str, Any] = {}

@@ -26,6 +26,7 @@ does not have: ``--runner worker`` trades latency for priorities.
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
 import signal
 import subprocess
@@ -40,7 +41,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ingestflow.errors import ConfigError, IngestError
+from deployments.queue import BACKENDS
+from ingestflow.core.errors import ConfigError, IngestError, StoreError
+from ingestflow.core.settings import get_settings
+from storage.db import database_url, reset_engine
+from storage.migrate import upgrade
 
 REPO = Path(__file__).resolve().parents[1]
 CELERY_QUEUES = "ingestflow.high,ingestflow.normal,ingestflow.low"
@@ -55,22 +60,29 @@ class _Interrupted(Exception):
     """Ctrl-C or SIGTERM arrived while the stack was starting."""
 
 
+class Runner(enum.StrEnum):
+    """What runs the Prefect deployments' flow runs."""
+
+    SERVE = "serve"  # serve() in one process: the fastest start of a run
+    WORKER = "worker"  # a process worker on the ingestflow-process pool: job priorities
+
+
 @dataclass(frozen=True)
 class StackOptions:
-    """What ``ingestflow up`` starts, and where."""
+    """What ``ingestflow up`` starts, and where. A Celery worker is started when the queue
+    backend is ``celery``."""
 
     data_dir: Path
     host: str = "127.0.0.1"
     port: int = 8000
     prefect_port: int = 4200
-    backend: str = "prefect"  # or "celery"
-    runner: str = "serve"  # or "worker"
+    backend: str = "prefect"
+    runner: Runner = Runner.SERVE
     concurrency: int = 2  # flow runs at once (serve's limit, or the worker's --limit)
 
     def __post_init__(self) -> None:
-        if self.backend not in ("prefect", "celery"):
-            raise ConfigError(f"unknown queue backend {self.backend!r} (prefect or celery)")
-        if self.runner not in ("serve", "worker"):
+        BACKENDS.get(self.backend)  # ConfigError naming the known ones
+        if self.runner not in tuple(Runner):
             raise ConfigError(f"unknown runner {self.runner!r} (serve or worker)")
 
 
@@ -221,18 +233,12 @@ class LocalStack:
         for child in reversed(self.children):
             child.stop()
         self.children.clear()
-        from storage.db import reset_engine
-
         reset_engine()
         if self._pgserver is not None:
             self._pgserver.cleanup()  # stops it unless another process still uses it
             self._pgserver = None
 
     def _start_database(self) -> None:
-        from ingestflow.settings import get_settings
-        from storage.db import database_url
-        from storage.migrate import upgrade
-
         settings = get_settings().database
         if settings.url is None:
             self._pgserver = _start_pgserver(settings.data_dir)
@@ -363,8 +369,6 @@ def _start_pgserver(data_dir: Path) -> Any:
     storage.db starts the same server later in this process and gets this handle back.
     """
     import pgserver
-
-    from ingestflow.errors import StoreError
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -17,25 +17,21 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-from deployments.queue import (
-    DeleteRequest,
-    IngestRequest,
-    JobInfo,
-    JobKind,
-    JobState,
-    Priority,
-    register_backend,
-)
-from ingestflow.errors import BackendUnavailableError
+from deployments.prefect_server import api_url
+from deployments.queue import JobInfo, JobRequest
+from ingestflow.core.errors import BackendUnavailableError
+from ingestflow.core.types import JobKind, JobState, Priority
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.objects import FlowRun
 
-INGEST_DEPLOYMENT = "ingest-batch/ingest-batch"
-DELETE_DEPLOYMENT = "delete-documents/delete-documents"
+DEPLOYMENTS = {
+    JobKind.INGEST: "ingest-batch/ingest-batch",
+    JobKind.DELETE: "delete-documents/delete-documents",
+}
 _DEPLOYMENT_NAMES = ["ingest-batch", "delete-documents", "ingest-document"]
 _KIND_BY_FLOW = {"ingest-batch": JobKind.INGEST, "delete-documents": JobKind.DELETE}
 _CONNECT_TIMEOUT = 2.0
@@ -58,62 +54,48 @@ _STATE_BY_TYPE = {
 }
 
 
-def flow_run_url(flow_run_id: str | None) -> str | None:
-    """The flow run's page in the Prefect UI, or None when no UI address is known.
-
-    The UI is ``INGESTFLOW_QUEUE_PREFECT_UI_URL``, else ``PREFECT_API_URL`` without its
-    ``/api`` suffix (and without credentials).
-    """
-    if not flow_run_id:
-        return None
-    base = _ui_base()
-    return f"{base}/runs/flow-run/{flow_run_id}" if base else None
-
-
-def _ui_base() -> str | None:
-    import os
-
-    from ingestflow.settings import get_settings
-
-    configured = get_settings().queue.prefect_ui_url
-    if configured:
-        return configured.rstrip("/")
-    api = os.environ.get("PREFECT_API_URL", "").rstrip("/")
-    if not api.endswith("/api"):
-        return None
-    return _without_credentials(api.removesuffix("/api"))
-
-
-def _without_credentials(url: str) -> str:
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
 class PrefectBackend:
     """Jobs as flow runs of the Prefect deployments (see the module docstring)."""
 
     name = "prefect"
 
-    def submit_ingest(self, request: IngestRequest) -> str:
-        """Create a flow run of ``ingest-batch`` for the request's sources; returns its id."""
-        parameters = {
-            "sources": list(request.sources),
-            "collection": request.collection,
-            "tenant": request.tenant,
-            "force": request.force,
-        }
-        return self._submit(INGEST_DEPLOYMENT, parameters, JobKind.INGEST, request)
+    def submit(self, request: JobRequest) -> str:
+        """Create a flow run of the kind's deployment (``ingest-batch`` or
+        ``delete-documents``) with the request's parameters; returns its id."""
+        from prefect.exceptions import ObjectNotFound
+        from prefect.states import Scheduled
 
-    def submit_delete(self, request: DeleteRequest) -> str:
-        """Create a flow run of ``delete-documents``; returns its id."""
-        parameters = {
-            "document_ids": list(request.document_ids),
-            "collection": request.collection,
-            "tenant": request.tenant,
-        }
-        return self._submit(DELETE_DEPLOYMENT, parameters, JobKind.DELETE, request)
+        name = DEPLOYMENTS[request.kind]
+        tags = [
+            "ingestflow",
+            f"tenant:{request.tenant}",
+            f"collection:{request.collection}",
+            f"kind:{request.kind.value}",
+            f"priority:{request.priority.value}",
+        ]
+        with _client() as client:
+            try:
+                deployment = client.read_deployment_by_name(name)
+            except ObjectNotFound:
+                raise BackendUnavailableError(
+                    f"the Prefect deployment {name!r} does not exist yet;"
+                    " start `ingestflow up` or serve the deployments"
+                ) from None
+            # What prefect.deployments.run_deployment(..., timeout=0) does in a sync context,
+            # on this module's fail-fast client (run_deployment builds its own, with
+            # Prefect's long default retries). Served deployments have no work pool and so
+            # no queues: the priority then only shows in the tags.
+            run = client.create_flow_run_from_deployment(
+                deployment.id,
+                parameters=request.flow_parameters(),
+                state=Scheduled(),
+                tags=tags,
+                idempotency_key=request.idempotency_key,
+                work_queue_name=(
+                    queue_name(request.priority) if deployment.work_pool_name else None
+                ),
+            )
+        return str(run.id)
 
     def status(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
         """The flow runs among ``job_ids`` that exist, read in one request per 200 ids."""
@@ -191,47 +173,6 @@ class PrefectBackend:
         with _client() as client:
             return int(client.count_flow_runs(flow_run_filter=waiting, deployment_filter=ours))
 
-    def _submit(
-        self,
-        deployment_name: str,
-        parameters: dict[str, Any],
-        kind: JobKind,
-        request: IngestRequest | DeleteRequest,
-    ) -> str:
-        from prefect.exceptions import ObjectNotFound
-        from prefect.states import Scheduled
-
-        tags = [
-            "ingestflow",
-            f"tenant:{request.tenant}",
-            f"collection:{request.collection}",
-            f"kind:{kind.value}",
-            f"priority:{request.priority.value}",
-        ]
-        with _client() as client:
-            try:
-                deployment = client.read_deployment_by_name(deployment_name)
-            except ObjectNotFound:
-                raise BackendUnavailableError(
-                    f"the Prefect deployment {deployment_name!r} does not exist yet;"
-                    " start `ingestflow up` or serve the deployments"
-                ) from None
-            # What prefect.deployments.run_deployment(..., timeout=0) does in a sync context,
-            # on this module's fail-fast client (run_deployment builds its own, with
-            # Prefect's long default retries). Served deployments have no work pool and so
-            # no queues: the priority then only shows in the tags.
-            run = client.create_flow_run_from_deployment(
-                deployment.id,
-                parameters=parameters,
-                state=Scheduled(),
-                tags=tags,
-                idempotency_key=request.idempotency_key,
-                work_queue_name=(
-                    queue_name(request.priority) if deployment.work_pool_name else None
-                ),
-            )
-        return str(run.id)
-
 
 def queue_name(priority: Priority) -> str:
     """The work queue of the ``ingestflow-process`` pool that runs jobs of ``priority``."""
@@ -301,20 +242,6 @@ def _flow_names(client: SyncPrefectClient, runs: Sequence[FlowRun]) -> dict[uuid
 
     flows = client.read_flows(flow_filter=FlowFilter(id=FlowFilterId(any_=list(untagged))))
     return {f.id: f.name for f in flows}
-
-
-def api_url() -> str:
-    """The Prefect API this process talks to: ``PREFECT_API_URL`` (environment or Prefect
-    profile), else a server answering on 127.0.0.1:4200. Never Prefect's ephemeral server:
-    nothing would serve the deployments there."""
-    from ingestflow.prefect_env import use_running_server
-
-    url = use_running_server()
-    if not url:
-        raise BackendUnavailableError(
-            "no Prefect server: set PREFECT_API_URL or start one with `ingestflow up`"
-        )
-    return url
 
 
 @contextmanager
@@ -395,9 +322,3 @@ def _ssl_context() -> Any:
     import certifi
 
     return ssl.create_default_context(cafile=certifi.where())
-
-
-@register_backend("prefect")
-def prefect_backend() -> PrefectBackend:
-    """The ``prefect`` queue backend."""
-    return PrefectBackend()

@@ -2,65 +2,63 @@
 
 A job is one unit of submitted work (one Prefect flow run, or one Celery task). Its id is the
 backend's own id. What a job did to documents is read from the documents table (each row
-records the job that last took it), so there is no second job table to drift. Two adapters:
-``prefect`` (run_deployment) and ``celery`` (Redis), chosen by ``INGESTFLOW_QUEUE_BACKEND``.
+records the job that last took it), so there is no second job table to drift. A backend is a
+factory named in the ``ingestflow.queue_backends`` entry points; two are built in, ``prefect``
+(run_deployment) and ``celery`` (Redis), chosen by ``INGESTFLOW_QUEUE_BACKEND``.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
+from ingestflow.core import registry
+from ingestflow.core.registry import Registry
+from ingestflow.core.settings import get_settings
+from ingestflow.core.types import JobKind, JobState, Priority
 
-class Priority(enum.StrEnum):
-    HIGH = "high"
-    NORMAL = "normal"
-    LOW = "low"
-
-
-class JobKind(enum.StrEnum):
-    INGEST = "ingest"
-    DELETE = "delete"
-
-
-class JobState(enum.StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLING = "cancelling"
-    CANCELLED = "cancelled"
-    UNKNOWN = "unknown"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
+# The parameters of each kind's flow (``flows.ingest_batch``, ``flows.delete_documents``), in
+# the order of their signatures: what a backend passes, on any backend.
+FLOW_PARAMETERS: dict[JobKind, tuple[str, ...]] = {
+    JobKind.INGEST: ("sources", "collection", "tenant", "force"),
+    JobKind.DELETE: ("document_ids", "collection", "tenant"),
+}
 
 
 @dataclass(frozen=True)
-class IngestRequest:
-    """Ingest ``sources`` (URIs) into a tenant's collection as one job."""
+class JobRequest:
+    """One job to submit: ingest ``sources`` or delete ``document_ids`` of a tenant's
+    collection. ``idempotency_key``: the same key returns the same job (where supported)."""
 
+    kind: JobKind
     tenant: str
     collection: str
-    sources: list[str]
+    sources: tuple[str, ...] = ()
+    document_ids: tuple[str, ...] = ()
     force: bool = False
     priority: Priority = Priority.NORMAL
-    idempotency_key: str | None = None  # the same key returns the same job (where supported)
-
-
-@dataclass(frozen=True)
-class DeleteRequest:
-    """Delete documents (chunks, row status, the stored upload) of a tenant's collection."""
-
-    tenant: str
-    collection: str
-    document_ids: list[str]
-    priority: Priority = Priority.NORMAL
     idempotency_key: str | None = None
+
+    @classmethod
+    def ingest(cls, *, sources: Sequence[str], **fields: Any) -> JobRequest:
+        return cls(kind=JobKind.INGEST, sources=tuple(sources), **fields)
+
+    @classmethod
+    def delete(cls, *, document_ids: Sequence[str], **fields: Any) -> JobRequest:
+        return cls(kind=JobKind.DELETE, document_ids=tuple(document_ids), **fields)
+
+    def flow_parameters(self) -> dict[str, Any]:
+        """The keyword arguments of the flow that does this job."""
+        values = {
+            "sources": list(self.sources),
+            "document_ids": list(self.document_ids),
+            "collection": self.collection,
+            "tenant": self.tenant,
+            "force": self.force,
+        }
+        return {name: values[name] for name in FLOW_PARAMETERS[self.kind]}
 
 
 @dataclass(frozen=True)
@@ -80,19 +78,15 @@ class JobInfo:
 
 
 class QueueBackend(Protocol):
-    """Submit ingest and delete jobs, report and cancel them.
+    """Submit jobs, report and cancel them.
 
     Every method raises ``BackendUnavailableError`` when the backend cannot be reached.
     """
 
     name: str
 
-    def submit_ingest(self, request: IngestRequest) -> str:
-        """Queue an ingest job and return its id at once."""
-        ...
-
-    def submit_delete(self, request: DeleteRequest) -> str:
-        """Queue a delete job and return its id at once."""
+    def submit(self, request: JobRequest) -> str:
+        """Queue the job and return its id at once."""
         ...
 
     def status(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
@@ -112,39 +106,12 @@ class QueueBackend(Protocol):
         ...
 
 
-_BACKENDS: dict[str, Callable[[], QueueBackend]] = {}
-
-
-def register_backend(
-    name: str,
-) -> Callable[[Callable[[], QueueBackend]], Callable[[], QueueBackend]]:
-    """Register a backend factory under ``name`` (built-ins use this too)."""
-
-    def decorate(factory: Callable[[], QueueBackend]) -> Callable[[], QueueBackend]:
-        _BACKENDS[name] = factory
-        return factory
-
-    return decorate
-
-
-_BUILTIN = {"prefect": "deployments.prefect_backend", "celery": "deployments.celery_backend"}
+BACKENDS: Registry[Callable[[], QueueBackend]] = Registry(registry.QUEUE_BACKENDS, "queue backend")
 
 
 def get_backend(name: str | None = None) -> QueueBackend:
     """The backend named by ``name`` or ``INGESTFLOW_QUEUE_BACKEND`` (default ``prefect``).
 
-    A built-in adapter's module is imported on first use, so Celery loads only when chosen.
+    A backend's module is imported on first use, so Celery loads only when chosen.
     """
-    import importlib
-
-    from ingestflow.errors import ConfigError
-    from ingestflow.settings import get_settings
-
-    chosen = name or get_settings().queue.backend
-    if chosen not in _BACKENDS and chosen in _BUILTIN:
-        importlib.import_module(_BUILTIN[chosen])
-    try:
-        return _BACKENDS[chosen]()
-    except KeyError:
-        known = ", ".join(sorted(set(_BACKENDS) | set(_BUILTIN)))
-        raise ConfigError(f"unknown queue backend {chosen!r} (known: {known})") from None
+    return BACKENDS.get(name or get_settings().queue.backend)()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from deployments.submit import RequeueReport, requeue_waiting
-from ingestflow.settings import get_settings
+from ingestflow.core.settings import get_settings
 from storage.migrate import ensure_schema
 
 

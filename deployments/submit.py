@@ -9,14 +9,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from deployments.queue import (
-    DeleteRequest,
-    IngestRequest,
-    JobState,
-    Priority,
-    QueueBackend,
-    get_backend,
-)
+from deployments.queue import JobRequest, QueueBackend, get_backend
+from ingestflow.core.types import JobState, Priority
 from storage.db import connection, transaction
 from storage.documents import DocumentRecord
 from storage.job_documents import Waiting, assign_job, waiting_documents
@@ -37,8 +31,7 @@ def submit_ingest(
     Raises ``BackendUnavailableError`` when the backend is down; the rows then stay ``queued``
     with no job, and ``requeue_waiting`` (or a client's retry) submits them later.
     """
-    backend = backend or get_backend()
-    request = IngestRequest(
+    request = JobRequest.ingest(
         tenant=tenant,
         collection=collection,
         sources=[d.source_uri for d in documents],
@@ -46,10 +39,7 @@ def submit_ingest(
         priority=priority,
         idempotency_key=idempotency_key,
     )
-    job_id = backend.submit_ingest(request)
-    with transaction() as conn:
-        assign_job(conn, document_ids=[d.id for d in documents], job_id=job_id)
-    return job_id
+    return submit(request, [d.id for d in documents], backend)
 
 
 def submit_delete(
@@ -61,11 +51,17 @@ def submit_delete(
     backend: QueueBackend | None = None,
 ) -> str:
     """Queue one delete job for documents of the collection; returns the job id."""
-    backend = backend or get_backend()
-    request = DeleteRequest(
+    request = JobRequest.delete(
         tenant=tenant, collection=collection, document_ids=document_ids, priority=priority
     )
-    job_id = backend.submit_delete(request)
+    return submit(request, document_ids, backend)
+
+
+def submit(
+    request: JobRequest, document_ids: list[str], backend: QueueBackend | None = None
+) -> str:
+    """Submit ``request`` and record that its job now carries ``document_ids``."""
+    job_id = (backend or get_backend()).submit(request)
     with transaction() as conn:
         assign_job(conn, document_ids=document_ids, job_id=job_id)
     return job_id
@@ -94,13 +90,10 @@ def requeue_waiting(
             orphans[(doc.tenant, doc.collection)].append(doc)
     jobs = []
     for (tenant, collection), docs in orphans.items():
-        request = IngestRequest(
+        request = JobRequest.ingest(
             tenant=tenant, collection=collection, sources=[d.source_uri for d in docs]
         )
-        job_id = backend.submit_ingest(request)
-        with transaction() as conn:
-            assign_job(conn, document_ids=[d.document_id for d in docs], job_id=job_id)
-        jobs.append(job_id)
+        jobs.append(submit(request, [d.document_id for d in docs], backend))
     resubmitted = sum(len(d) for d in orphans.values())
     return RequeueReport(examined=len(waiting), resubmitted=resubmitted, jobs=jobs)
 

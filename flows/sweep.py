@@ -20,11 +20,12 @@ from datetime import UTC, datetime
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.ingest import collection_task, ingest_batches
-from ingestflow.errors import IngestError
-from ingestflow.settings import get_settings
-from ingestflow.types import DocumentOutcome, DocumentStatus
+from flows.ingest import ingest_batches
+from ingestflow.core.errors import IngestError
+from ingestflow.core.settings import get_settings
+from ingestflow.core.types import DocumentOutcome, DocumentStatus
 from storage.db import transaction
+from storage.documents import retire_unseen
 from storage.migrate import ensure_schema
 from storage.objectstore import ObjectInfo, canonical_uri, local_path, scheme_of, store_for
 from storage.sweeps import (
@@ -32,10 +33,10 @@ from storage.sweeps import (
     live_under_prefix,
     mark_seen,
     record_versions,
-    retire_unseen,
     unseen_under_prefix,
 )
-from tasks.embedders import get_embedder
+from tasks.collections import collection_task
+from tasks.config import PipelineConfig
 
 _RETRY_STATES = {"failed", "deleted", "queued", "processing"}
 
@@ -77,9 +78,9 @@ def sweep_bucket(
     prefix = sweep_prefix(uri)
     report = SweepReport(uri=prefix, collection=collection)
     started = datetime.now(UTC)
-    embedder = get_embedder()
-    coll = collection_task(collection, embedder.provider, embedder.model)
-    size = batch_size or get_settings().ingest.batch_size
+    settings = get_settings()
+    coll = collection_task(collection, "default", PipelineConfig.from_settings(settings).embedding)
+    size = batch_size or settings.ingest.batch_size
     lister = _Lister(prefix, coll.id, started, report, page_size)
     result = ingest_batches(lister.batches(size), collection=collection)
     _count_outcomes(report, result.outcomes, lister)

@@ -1,7 +1,8 @@
 """ingestflow: document ingestion for RAG on Prefect 3 and Postgres/pgvector.
 
 ``from ingestflow import ingest, search, status`` for notebooks and scripts; the flows
-themselves are in ``flows``.
+themselves are in ``flows``. The package is layered (README, Architecture): ``core`` is the
+floor, ``service`` what every front door calls, ``cli`` the command line.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ __version__ = "0.1.0"
 __all__ = ["ingest", "search", "status"]
 
 if TYPE_CHECKING:
-    from ingestflow.service import ingest, search, status
+    from ingestflow.service.notebook import ingest, search, status
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, so importing the settings or types does not pull in Prefect and the database.
+    # Lazy, so importing the floor (settings, types) does not pull in Prefect and the database.
     if name in __all__:
-        from ingestflow import service
+        from ingestflow.service import notebook
 
-        return getattr(service, name)
+        return getattr(notebook, name)
     raise AttributeError(name)

@@ -1,4 +1,5 @@
-"""API keys: random bearer tokens bound to a tenant, stored only as their sha256.
+"""API keys: random bearer tokens bound to a tenant, stored only as their sha256, and the
+request rate each may spend.
 
 A key looks like ``ifk_<43 urlsafe characters>`` (32 random bytes). The prefix lets people
 and secret scanners recognise one; the database holds only ``sha256(key)``, so a leaked
@@ -8,6 +9,7 @@ table does not leak keys. The plain key exists once, in what ``create_key`` retu
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -95,3 +97,40 @@ def list_keys(conn: Conn, *, tenant: str | None = None) -> list[ApiKey]:
         {"t": tenant},
     ).fetchall()
     return [ApiKey(**r) for r in rows]
+
+
+@dataclass(frozen=True)
+class RateDecision:
+    """One request against a key's bucket: let through or not, and when to come back."""
+
+    allowed: bool
+    tokens: float  # left in the bucket after this request
+    retry_after: int  # whole seconds until a token is there again; 0 when allowed
+
+
+_TAKE_TOKEN = """
+INSERT INTO api_rate_buckets AS b (key_id, tokens, allowed, updated_at)
+VALUES (%(key)s, %(burst)s - 1, true, now())
+ON CONFLICT (key_id) DO UPDATE SET
+    tokens = CASE WHEN {level} >= 1 THEN {level} - 1 ELSE {level} END,
+    allowed = {level} >= 1,
+    updated_at = now()
+RETURNING tokens, allowed
+""".format(
+    # The bucket refilled for the time since the last request, capped at the burst.
+    level="least(%(burst)s::float8, b.tokens"
+    " + extract(epoch FROM now() - b.updated_at)::float8 * %(per_second)s)"
+)
+
+
+def take_token(conn: Conn, *, key_id: int, per_minute: int, burst: int) -> RateDecision:
+    """Refill the key's bucket for the time passed and take one token from it, in one
+    statement. A refused request takes nothing, so retrying after ``retry_after`` works."""
+    per_second = per_minute / 60.0
+    row = conn.execute(
+        _TAKE_TOKEN, {"key": key_id, "burst": burst, "per_second": per_second}
+    ).fetchone()
+    assert row is not None  # an upsert with RETURNING always returns its row
+    tokens, allowed = float(row["tokens"]), bool(row["allowed"])
+    wait = 0 if allowed else max(1, math.ceil((1.0 - tokens) / per_second))
+    return RateDecision(allowed, tokens, wait)

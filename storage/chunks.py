@@ -6,12 +6,13 @@ import time
 import uuid
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from psycopg import sql
 
-from ingestflow.types import Chunk, SearchHit
+from ingestflow.core.types import Chunk, SearchHit, SearchMode
+from storage import documents as document_rows
 from storage.db import Conn
 
 _COPY = (
@@ -20,7 +21,6 @@ _COPY = (
 )
 _COPY_TYPES = ["uuid", "int4", "int4", "text", "text", "jsonb", "vector"]
 
-SearchMode = Literal["vector", "hybrid"]
 RRF_K = 60  # the constant of Cormack, Clarke and Buettcher (2009), not tuned here
 # Chunks taken from each list before fusing (at least k). On SciFact 200 scored nDCG@10
 # 0.718 against 0.716.
@@ -84,37 +84,25 @@ def replace_chunks(
                         vector,
                     )
                 )
-    _mark_indexed(conn, live, write_seconds=time.perf_counter() - started)
+    # The write's duration is shared out by chunk count as the ``upsert`` stage, so the stored
+    # timings cover all seven stages (the caller's own clock stops only after this row is
+    # written).
+    seconds = time.perf_counter() - started
+    total = sum(len(d.chunks) for d in live) or 1
+    document_rows.mark_indexed(
+        conn,
+        [
+            document_rows.Indexed(
+                document_id=d.document_id,
+                chunk_count=len(d.chunks),
+                media_type=d.media_type,
+                timings=_with_upsert(d, seconds * len(d.chunks) / total),
+                embedding_tokens=d.embedding_tokens,
+            )
+            for d in live
+        ],
+    )
     return [d.document_id for d in live]
-
-
-def _mark_indexed(conn: Conn, docs: Sequence[DocumentChunks], *, write_seconds: float) -> None:
-    """Record each document's outcome: status, chunk count, stage timings, tokens spent.
-
-    The write's duration is shared out by chunk count as the ``upsert`` stage, so the stored
-    timings cover all seven stages (the caller's own clock stops only after this row is
-    written).
-    """
-    from psycopg.types.json import Jsonb
-
-    total = sum(len(d.chunks) for d in docs) or 1
-    with conn.cursor() as cur:
-        cur.executemany(
-            "UPDATE documents SET status = 'indexed', error = NULL, error_code = NULL,"
-            " chunk_count = %s, media_type = %s, timings = %s,"
-            " embedding_tokens = embedding_tokens + %s, indexed_at = now(), updated_at = now()"
-            " WHERE id = %s",
-            [
-                (
-                    len(d.chunks),
-                    d.media_type,
-                    Jsonb(_with_upsert(d, write_seconds * len(d.chunks) / total)),
-                    d.embedding_tokens,
-                    d.document_id,
-                )
-                for d in docs
-            ],
-        )
 
 
 def _with_upsert(doc: DocumentChunks, seconds: float) -> dict[str, float]:
@@ -289,12 +277,3 @@ def _hit(row: dict[str, Any], score: float) -> SearchHit:
         provenance=row["provenance"],
         metadata=row["metadata"],
     )
-
-
-def chunk_stats(conn: Conn, *, collection_id: int) -> dict[str, int]:
-    row = conn.execute(
-        "SELECT count(*) AS chunks, count(DISTINCT document_id) AS documents FROM chunks"
-        " WHERE collection_id = %s",
-        (collection_id,),
-    ).fetchone()
-    return dict(row) if row else {"chunks": 0, "documents": 0}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ingestflow.errors import CollectionMismatchError, IngestError
+from ingestflow.core.errors import CollectionMismatchError, CollectionNotFoundError
 from storage.db import Conn
 from storage.vector_index import create_vector_index
 
@@ -21,10 +21,6 @@ class Collection:
     @property
     def embedder_identity(self) -> str:
         return f"{self.embedding_provider}:{self.embedding_model}"
-
-
-class CollectionNotFoundError(IngestError):
-    permanent = True
 
 
 def get_collection(conn: Conn, *, name: str, tenant: str = "default") -> Collection:

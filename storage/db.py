@@ -17,8 +17,8 @@ from pathlib import Path
 import psycopg
 from psycopg.rows import DictRow, dict_row
 
-from ingestflow.errors import ConfigError, StoreError
-from ingestflow.settings import get_settings
+from ingestflow.core.errors import ConfigError, StoreError
+from ingestflow.core.settings import get_settings
 
 log = logging.getLogger(__name__)
 Conn = psycopg.Connection[DictRow]  # every pooled connection returns rows as dicts

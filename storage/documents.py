@@ -1,16 +1,21 @@
-"""Document rows: claiming a source for (re)indexing, recording outcomes, reporting status."""
+"""Document rows: the one repository that writes a document's status.
+
+Queueing a source, claiming it for (re)indexing, recording it indexed or failed, deleting or
+retiring it, and reading rows back for reports.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from ingestflow.errors import IngestError
-from ingestflow.types import DocumentStatus
+from ingestflow.core.errors import DocumentNotFoundError
+from ingestflow.core.types import DocumentStatus
 from storage.db import Conn
 
 
@@ -154,17 +159,6 @@ def recent_failures(
     ).fetchall()
 
 
-def get_document(conn: Conn, *, collection_id: int, source_uri: str) -> dict[str, Any] | None:
-    return conn.execute(
-        "SELECT * FROM documents WHERE collection_id = %s AND source_uri = %s",
-        (collection_id, source_uri),
-    ).fetchone()
-
-
-class DocumentNotFoundError(IngestError):
-    permanent = True
-
-
 @dataclass(frozen=True)
 class DocumentRecord:
     """A document row as readers see it (the API, the CLI)."""
@@ -273,3 +267,95 @@ def delete_document(conn: Conn, *, collection_id: int, document_id: str) -> Docu
         ).fetchone()
     assert updated is not None  # the row is locked above
     return _record(updated)
+
+
+@dataclass(frozen=True)
+class Indexed:
+    """A document's new chunk set is written: what its row records."""
+
+    document_id: str
+    chunk_count: int
+    media_type: str
+    timings: dict[str, float]
+    embedding_tokens: int
+
+
+def mark_indexed(conn: Conn, docs: Sequence[Indexed]) -> None:
+    """Record each document indexed: status, chunk count, stage timings, tokens spent."""
+    with conn.cursor() as cur:
+        cur.executemany(
+            "UPDATE documents SET status = 'indexed', error = NULL, error_code = NULL,"
+            " chunk_count = %s, media_type = %s, timings = %s,"
+            " embedding_tokens = embedding_tokens + %s, indexed_at = now(), updated_at = now()"
+            " WHERE id = %s",
+            [
+                (d.chunk_count, d.media_type, Jsonb(d.timings), d.embedding_tokens, d.document_id)
+                for d in docs
+            ],
+        )
+
+
+def enqueue_document(
+    conn: Conn,
+    *,
+    collection_id: int,
+    source_uri: str,
+    metadata: dict[str, Any],
+    sha256: str | None = None,
+    size: int | None = None,
+) -> DocumentRecord:
+    """Create or reset the row of ``source_uri`` as ``queued``, before any job takes it.
+
+    Existing chunks stay searchable until a run replaces them.
+    """
+    row = conn.execute(
+        "INSERT INTO documents (collection_id, source_uri, sha256, size_bytes, status, metadata)"
+        " VALUES (%s, %s, %s, %s, 'queued', %s)"
+        " ON CONFLICT (collection_id, source_uri) DO UPDATE SET status = 'queued',"
+        " error = NULL, error_code = NULL, job_id = NULL, metadata = excluded.metadata,"
+        " sha256 = COALESCE(excluded.sha256, documents.sha256),"
+        " size_bytes = COALESCE(excluded.size_bytes, documents.size_bytes), updated_at = now()"
+        f" RETURNING {_RECORD_COLUMNS}",
+        (collection_id, source_uri, sha256, size, Jsonb(metadata)),
+    ).fetchone()
+    assert row is not None  # an upsert with RETURNING always returns its row
+    return _record(row)
+
+
+def requeue_documents(conn: Conn, *, document_ids: list[str]) -> None:
+    """Put documents back to ``queued`` for another job (a retry)."""
+    conn.execute(
+        "UPDATE documents SET status = 'queued', error = NULL, error_code = NULL,"
+        " updated_at = now() WHERE id = ANY(%s)",
+        ([uuid.UUID(d) for d in document_ids],),
+    )
+
+
+def fail_unfinished(conn: Conn, *, job_id: str, reason: str, code: str) -> int:
+    """Mark the job's documents that are still queued or processing ``failed``; their old
+    chunks are kept. Returns how many."""
+    cur = conn.execute(
+        "UPDATE documents SET status = 'failed', error = %s, error_code = %s, updated_at = now()"
+        " WHERE job_id = %s AND status IN ('queued', 'processing')",
+        (reason, code, job_id),
+    )
+    return cur.rowcount
+
+
+def retire_unseen(
+    conn: Conn, *, collection_id: int, prefix: str, since: datetime
+) -> list[dict[str, Any]]:
+    """Mark unseen documents ``deleted`` and drop their chunks; returns the retired rows."""
+    retired = conn.execute(
+        "UPDATE documents SET status = 'deleted', chunk_count = 0, error = NULL,"
+        " updated_at = now() WHERE collection_id = %s AND starts_with(source_uri, %s)"
+        " AND status <> 'deleted' AND (last_seen_at IS NULL OR last_seen_at < %s)"
+        " RETURNING id, source_uri",
+        (collection_id, prefix, since),
+    ).fetchall()
+    if retired:
+        conn.execute(
+            "DELETE FROM chunks WHERE document_id = ANY(%s::uuid[])",
+            ([str(r["id"]) for r in retired],),
+        )
+    return retired

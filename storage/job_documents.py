@@ -1,44 +1,15 @@
-"""Documents seen through jobs: queueing them, tying them to the job that takes them, and
-reading a job's progress back. There is no job table; a job is the documents that name it."""
+"""Documents seen through jobs: tying them to the job that takes them, and reading a job's
+progress back. There is no job table; a job is the documents that name it. (Their status is
+written by ``storage.documents``.)"""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
-
-from psycopg.types.json import Jsonb
 
 from storage.db import Conn
 from storage.documents import _RECORD_COLUMNS, DocumentRecord, _record
-
-
-def enqueue_document(
-    conn: Conn,
-    *,
-    collection_id: int,
-    source_uri: str,
-    metadata: dict[str, Any],
-    sha256: str | None = None,
-    size: int | None = None,
-) -> DocumentRecord:
-    """Create or reset the row of ``source_uri`` as ``queued``, before any job takes it.
-
-    Existing chunks stay searchable until a run replaces them.
-    """
-    row = conn.execute(
-        "INSERT INTO documents (collection_id, source_uri, sha256, size_bytes, status, metadata)"
-        " VALUES (%s, %s, %s, %s, 'queued', %s)"
-        " ON CONFLICT (collection_id, source_uri) DO UPDATE SET status = 'queued',"
-        " error = NULL, error_code = NULL, job_id = NULL, metadata = excluded.metadata,"
-        " sha256 = COALESCE(excluded.sha256, documents.sha256),"
-        " size_bytes = COALESCE(excluded.size_bytes, documents.size_bytes), updated_at = now()"
-        f" RETURNING {_RECORD_COLUMNS}",
-        (collection_id, source_uri, sha256, size, Jsonb(metadata)),
-    ).fetchone()
-    assert row is not None  # an upsert with RETURNING always returns its row
-    return _record(row)
 
 
 def find_by_sha256(conn: Conn, *, collection_id: int, sha256: str) -> DocumentRecord | None:
@@ -88,15 +59,6 @@ def job_documents(conn: Conn, *, job_id: str, tenant: str) -> JobDocuments | Non
     return JobDocuments(collection, [_record(r) for r in rows])
 
 
-def requeue_documents(conn: Conn, *, document_ids: list[str]) -> None:
-    """Put documents back to ``queued`` for another job (a retry)."""
-    conn.execute(
-        "UPDATE documents SET status = 'queued', error = NULL, error_code = NULL,"
-        " updated_at = now() WHERE id = ANY(%s)",
-        ([uuid.UUID(d) for d in document_ids],),
-    )
-
-
 @dataclass(frozen=True)
 class JobRow:
     """A job as the documents table sees it."""
@@ -129,17 +91,6 @@ def list_job_rows(
         {"tenant": tenant, "coll": collection, "before": before, "limit": limit},
     ).fetchall()
     return [JobRow(**r) for r in rows]
-
-
-def fail_unfinished(conn: Conn, *, job_id: str, reason: str, code: str) -> int:
-    """Mark the job's documents that are still queued or processing ``failed``; their old
-    chunks are kept. Returns how many."""
-    cur = conn.execute(
-        "UPDATE documents SET status = 'failed', error = %s, error_code = %s, updated_at = now()"
-        " WHERE job_id = %s AND status IN ('queued', 'processing')",
-        (reason, code, job_id),
-    )
-    return cur.rowcount
 
 
 @dataclass(frozen=True)

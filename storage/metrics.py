@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from ingestflow.errors import StoreError
-from ingestflow.types import DocumentStatus
+from ingestflow.core.errors import StoreError
+from ingestflow.core.types import DocumentStatus
 from storage.db import Conn
 
 STAGES = ("fetch", "hash", "dedupe", "parse", "chunk", "embed", "upsert")

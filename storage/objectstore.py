@@ -1,9 +1,10 @@
 """The ObjectStore extension point: where source bytes live, chosen by URI scheme.
 
 Four stores are built in (``storage/stores/``): ``file`` (plain paths and ``file://``),
-``s3://bucket/key``, ``gs://bucket/key`` and ``az://container/blob``. They register
-themselves the way a plugin would, with ``register_store(scheme)``; a built-in's module is
-imported the first time its scheme is asked for, so the SDKs load only when used.
+``s3://bucket/key``, ``gs://bucket/key`` and ``az://container/blob``. Each is a ``StoreKind``
+named by its scheme in the ``ingestflow.stores`` entry points, the built-ins exactly as a
+plugin package would declare its own; a store's module is imported the first time its scheme
+is asked for, so the SDKs load only when used.
 
 Every store streams: reads call a sink with blocks of at most ``CHUNK_BYTES``; writes consume
 an iterator of byte chunks, hash and size-check them as they go, and become visible only when
@@ -14,15 +15,17 @@ keeps its old content). Listings are paginated generators.
 from __future__ import annotations
 
 import asyncio
-import importlib
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
-from ingestflow.errors import ConfigError
+from ingestflow.core import registry
+from ingestflow.core.errors import ConfigError
+from ingestflow.core.registry import Registry
+from ingestflow.core.settings import StoreSettings
 
 CHUNK_BYTES = 1024 * 1024
 
@@ -97,28 +100,33 @@ class PagedListing:
             yield from page
 
 
-_stores: dict[str, Callable[[], ObjectStore]] = {}
+@dataclass(frozen=True)
+class BlockCredentials:
+    """How ``ingestflow storage add`` saves a store's credentials as a Prefect block: the
+    block type and the setting that names it, a block built from the provider's own
+    environment variables (with a description of where they came from), and the store
+    opened with a given block, to prove it works before it is saved."""
 
-# Built-in stores, imported on first use of their scheme.
-_BUILTIN = {
-    "file": "storage.stores.local",
-    "s3": "storage.stores.s3",
-    "gs": "storage.stores.gcs",
-    "az": "storage.stores.azure",
-}
+    block_type: str
+    setting: str
+    from_env: Callable[[StoreSettings, str | None, str | None], tuple[Any, str]]
+    store_with: Callable[[StoreSettings, Any], ObjectStore]
 
 
-def register_store(
-    *schemes: str,
-) -> Callable[[Callable[[], ObjectStore]], Callable[[], ObjectStore]]:
-    """Register a zero-argument factory for the stores of ``schemes``."""
+@dataclass(frozen=True)
+class StoreKind:
+    """An object store plugin: the store for the current settings, and, for a store whose
+    credentials can be a Prefect block, how to make one."""
 
-    def decorate(factory: Callable[[], ObjectStore]) -> Callable[[], ObjectStore]:
-        for scheme in schemes:
-            _stores[scheme] = factory
-        return factory
+    open: Callable[[], ObjectStore]
+    credentials: BlockCredentials | None = None
 
-    return decorate
+
+STORES: Registry[StoreKind] = Registry(
+    registry.STORES,
+    "object store",
+    lambda scheme, known: f"no object store handles {scheme}:// URIs (known: {known})",
+)
 
 
 def scheme_of(uri: str) -> str:
@@ -129,13 +137,7 @@ def scheme_of(uri: str) -> str:
 
 def store_for(uri: str) -> ObjectStore:
     """The store that handles ``uri``'s scheme."""
-    scheme = scheme_of(uri)
-    if scheme not in _stores and scheme in _BUILTIN:
-        importlib.import_module(_BUILTIN[scheme])
-    if scheme not in _stores:
-        known = ", ".join(sorted(set(_stores) | set(_BUILTIN)))
-        raise ConfigError(f"no object store handles {scheme}:// URIs (known: {known})")
-    return _stores[scheme]()
+    return STORES.get(scheme_of(uri)).open()
 
 
 def split_uri(uri: str) -> tuple[str, str]:

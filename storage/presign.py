@@ -12,17 +12,16 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from ingestflow.errors import ConfigError
-from ingestflow.settings import Settings, get_settings
+from ingestflow.core.errors import ConfigError
+from ingestflow.core.settings import Settings, get_settings
 from storage.objectstore import scheme_of, split_uri
+from storage.stores.s3 import aws_credentials, s3_client, translated
 
 MAX_EXPIRES = 7 * 24 * 3600  # SigV4's limit
 
 
 def presign_put(uri: str, *, expires: int = 3600) -> str:
     """A URL that accepts one HTTP PUT of the object at ``uri`` for ``expires`` seconds."""
-    from storage.stores.s3 import _translated
-
     if scheme_of(uri) != "s3":
         raise ConfigError(
             f"presigned uploads need an S3-compatible store (s3://bucket/key), not {uri}"
@@ -32,7 +31,7 @@ def presign_put(uri: str, *, expires: int = 3600) -> str:
         raise ConfigError(f"a presigned upload needs an object key, not a prefix: {uri}")
     if not 1 <= expires <= MAX_EXPIRES:
         raise ConfigError(f"expiry must be between 1 and {MAX_EXPIRES} seconds, not {expires}")
-    with _translated("write", uri):
+    with translated("write", uri):
         url = _signer(get_settings()).generate_presigned_url(
             "put_object",
             Params={"Bucket": bucket, "Key": key},
@@ -47,7 +46,5 @@ def _signer(settings: Settings) -> Any:
     """The S3 client that signs, one per settings snapshot; SigV4 unless the block's own
     client ``config`` chooses another signature version."""
     from botocore.config import Config
-
-    from storage.stores.s3 import aws_credentials, s3_client
 
     return s3_client(aws_credentials(settings.store), Config(signature_version="s3v4"))

@@ -1,11 +1,11 @@
-"""What a bucket sweep reads and writes: listed versions, last-seen marks, retirements."""
+"""What a bucket sweep reads and writes: listed versions and last-seen marks. (Retiring the
+documents it did not see is ``storage.documents.retire_unseen``.)"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from storage.db import Conn
 
@@ -76,22 +76,3 @@ def unseen_under_prefix(conn: Conn, *, collection_id: int, prefix: str, since: d
         (collection_id, prefix, since),
     ).fetchone()
     return int(row["n"]) if row else 0
-
-
-def retire_unseen(
-    conn: Conn, *, collection_id: int, prefix: str, since: datetime
-) -> list[dict[str, Any]]:
-    """Mark unseen documents ``deleted`` and drop their chunks; returns the retired rows."""
-    retired = conn.execute(
-        "UPDATE documents SET status = 'deleted', chunk_count = 0, error = NULL,"
-        " updated_at = now() WHERE collection_id = %s AND starts_with(source_uri, %s)"
-        " AND status <> 'deleted' AND (last_seen_at IS NULL OR last_seen_at < %s)"
-        " RETURNING id, source_uri",
-        (collection_id, prefix, since),
-    ).fetchall()
-    if retired:
-        conn.execute(
-            "DELETE FROM chunks WHERE document_id = ANY(%s::uuid[])",
-            ([str(r["id"]) for r in retired],),
-        )
-    return retired

@@ -18,9 +18,9 @@ from dataclasses import dataclass, replace
 
 from prefect import task
 
-from ingestflow.types import Chunk, Segment
+from ingestflow.core.types import Chunk, Segment
 from tasks.options import stage_options
-from tasks.work import DocWork, per_document
+from tasks.work import DocWork, StageContext, per_document
 
 SEPARATORS = ("\n\n", "\n", ". ", "。", " ")
 LengthFn = Callable[[str], int]
@@ -131,24 +131,24 @@ def _provenance(first: Segment, last: Segment) -> dict:
 
 
 def chunk_documents(
-    works: Sequence[DocWork], *, size: int, overlap: int, length: LengthFn = len
+    works: Sequence[DocWork], ctx: StageContext, *, final_attempt: bool = True
 ) -> list[DocWork]:
-    """The chunk stage over a micro-batch; segments are dropped once chunked."""
+    """The chunk stage over a micro-batch, as ``ctx.config.chunking`` says (sizes counted in
+    characters, or in the collection's embedder's tokens); segments are dropped once chunked."""
+    chunking = ctx.config.chunking
+    length: LengthFn = len
+    if chunking.unit == "tokens":
+        length = ctx.config.embedding.embedder().count_tokens
 
     def step(work: DocWork) -> DocWork:
-        chunks = chunk_segments(work.segments or [], size=size, overlap=overlap, length=length)
+        chunks = chunk_segments(
+            work.segments or [], size=chunking.size, overlap=chunking.overlap, length=length
+        )
         return replace(work, chunks=chunks, segments=None)
 
     return per_document(works, step, stage="chunk", final_attempt=True)
 
 
 @task(**stage_options("chunk", timeout_seconds=1800))
-def chunk_task(
-    works: list[DocWork], size: int, overlap: int, unit: str, provider: str, model: str
-) -> list[DocWork]:
-    length: LengthFn = len
-    if unit == "tokens":
-        from tasks.embedders import get_embedder
-
-        length = get_embedder(provider, model).count_tokens
-    return chunk_documents(works, size=size, overlap=overlap, length=length)
+def chunk_task(works: list[DocWork], ctx: StageContext) -> list[DocWork]:
+    return chunk_documents(works, ctx)

@@ -7,26 +7,23 @@ from dataclasses import replace
 
 from prefect import task
 
-from ingestflow.types import DocumentStatus
+from ingestflow.core.types import DocumentStatus
 from storage.db import transaction
 from storage.documents import claim_document
 from tasks.options import stage_options
-from tasks.work import DocWork, Stopwatch
+from tasks.work import DocWork, StageContext, Stopwatch
 
 
 def dedupe_documents(
-    works: Sequence[DocWork],
-    *,
-    collection_id: int,
-    pipeline: str,
-    force: bool,
-    flow_run_id: str | None,
+    works: Sequence[DocWork], ctx: StageContext, *, final_attempt: bool = True
 ) -> list[DocWork]:
     """Claim every active document in one transaction; unchanged ones leave the pipeline.
 
-    ``pipeline`` fingerprints the parser and chunking settings: the same bytes chunked
-    differently are not unchanged.
+    The run's pipeline fingerprint (``ctx.config.fingerprint()``) names the parser and chunking
+    settings: the same bytes chunked differently are not unchanged. Claims are
+    all-or-nothing: a database error rolls the transaction back and the task retries it whole.
     """
+    pipeline = ctx.config.fingerprint()
     out = []
     with Stopwatch() as watch, transaction() as conn:
         for work in works:
@@ -36,14 +33,14 @@ def dedupe_documents(
             assert work.fetched is not None and work.sha256 is not None
             claim = claim_document(
                 conn,
-                collection_id=collection_id,
+                collection_id=ctx.collection_id,
                 source_uri=work.fetched.source_uri,
                 sha256=work.sha256,
                 pipeline=pipeline,
                 size=work.fetched.size,
                 metadata=work.metadata,
-                force=force,
-                flow_run_id=flow_run_id,
+                force=ctx.force,
+                flow_run_id=ctx.flow_run_id,
             )
             status = DocumentStatus.UNCHANGED if claim.unchanged else DocumentStatus.PROCESSING
             out.append(
@@ -59,11 +56,5 @@ def dedupe_documents(
 
 
 @task(**stage_options("dedupe", timeout_seconds=600))
-def dedupe_task(
-    works: list[DocWork], collection_id: int, pipeline: str, force: bool, flow_run_id: str | None
-) -> list[DocWork]:
-    # Claims are all-or-nothing: a database error rolls back the transaction and the
-    # task retries it whole.
-    return dedupe_documents(
-        works, collection_id=collection_id, pipeline=pipeline, force=force, flow_run_id=flow_run_id
-    )
+def dedupe_task(works: list[DocWork], ctx: StageContext) -> list[DocWork]:
+    return dedupe_documents(works, ctx)

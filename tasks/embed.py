@@ -15,22 +15,23 @@ from dataclasses import replace
 import numpy as np
 from prefect import task
 
-from ingestflow.errors import is_permanent
+from ingestflow.core.errors import is_permanent
 from storage.db import transaction
 from storage.embedding_cache import cached_vectors, store_vectors
-from tasks.embedders import Embedder, get_embedder
+from tasks.embedders import Embedder
 from tasks.options import final_attempt, stage_options
-from tasks.work import DocWork, Stopwatch, describe_error, error_code
+from tasks.work import DocWork, StageContext, Stopwatch, describe_error, error_code
 
 
 def embed_documents(
-    works: Sequence[DocWork], *, embedder: Embedder, final_attempt: bool = True
+    works: Sequence[DocWork], ctx: StageContext, *, final_attempt: bool = True
 ) -> list[DocWork]:
-    """Attach one vector per chunk to every active document.
+    """Attach one vector per chunk to every active document, embedded by the run's model.
 
     A provider failure affects the whole micro-batch: it is raised for a retry, and on the
     final attempt (or when permanent) every active document fails with the reason.
     """
+    embedder = ctx.config.embedding.embedder()
     active = [w for w in works if w.active and w.chunks]
     try:
         with Stopwatch() as watch:
@@ -84,7 +85,5 @@ def _vectors_by_hash(
 
 
 @task(**stage_options("embed", timeout_seconds=4 * 3600))
-def embed_task(works: list[DocWork], provider: str, model: str) -> list[DocWork]:
-    return embed_documents(
-        works, embedder=get_embedder(provider, model), final_attempt=final_attempt()
-    )
+def embed_task(works: list[DocWork], ctx: StageContext) -> list[DocWork]:
+    return embed_documents(works, ctx, final_attempt=final_attempt())

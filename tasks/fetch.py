@@ -12,11 +12,11 @@ from urllib.parse import unquote
 
 from prefect import task
 
-from ingestflow.errors import TooLargeError
-from ingestflow.types import FetchedSource
+from ingestflow.core.errors import TooLargeError
+from ingestflow.core.types import FetchedSource
 from storage.objectstore import canonical_uri, store_for
 from tasks.options import final_attempt, stage_options
-from tasks.work import DocWork, per_document
+from tasks.work import DocWork, StageContext, per_document
 
 
 class _HashingWriter:
@@ -68,19 +68,20 @@ def sha256_of(fetched: FetchedSource) -> str:
 
 
 def fetch_documents(
-    works: Sequence[DocWork], *, dest_dir: Path, max_bytes: int, final_attempt: bool = True
+    works: Sequence[DocWork], ctx: StageContext, *, final_attempt: bool = True
 ) -> list[DocWork]:
-    """The fetch stage over a micro-batch."""
+    """The fetch stage over a micro-batch: each source into ``ctx.workdir``."""
 
     def step(work: DocWork) -> DocWork:
-        return replace(
-            work, fetched=fetch_source(work.source, dest_dir=dest_dir, max_bytes=max_bytes)
-        )
+        fetched = fetch_source(work.source, dest_dir=ctx.workdir, max_bytes=ctx.max_document_bytes)
+        return replace(work, fetched=fetched)
 
     return per_document(works, step, stage="fetch", final_attempt=final_attempt)
 
 
-def hash_documents(works: Sequence[DocWork], *, final_attempt: bool = True) -> list[DocWork]:
+def hash_documents(
+    works: Sequence[DocWork], ctx: StageContext, *, final_attempt: bool = True
+) -> list[DocWork]:
     """The hash stage over a micro-batch."""
 
     def step(work: DocWork) -> DocWork:
@@ -91,12 +92,10 @@ def hash_documents(works: Sequence[DocWork], *, final_attempt: bool = True) -> l
 
 
 @task(**stage_options("fetch", timeout_seconds=3600))
-def fetch_task(works: list[DocWork], dest_dir: str, max_bytes: int) -> list[DocWork]:
-    return fetch_documents(
-        works, dest_dir=Path(dest_dir), max_bytes=max_bytes, final_attempt=final_attempt()
-    )
+def fetch_task(works: list[DocWork], ctx: StageContext) -> list[DocWork]:
+    return fetch_documents(works, ctx, final_attempt=final_attempt())
 
 
 @task(**stage_options("hash", timeout_seconds=600))
-def hash_task(works: list[DocWork]) -> list[DocWork]:
-    return hash_documents(works, final_attempt=final_attempt())
+def hash_task(works: list[DocWork], ctx: StageContext) -> list[DocWork]:
+    return hash_documents(works, ctx, final_attempt=final_attempt())

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ingestflow.errors import is_permanent
+from ingestflow.core.errors import is_permanent
 
 RETRIES = 3
 

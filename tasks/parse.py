@@ -15,8 +15,9 @@ from dataclasses import replace
 
 from prefect import task
 
-from ingestflow.errors import EmptyDocumentError
-from ingestflow.types import ParsedDocument
+from ingestflow.core.errors import EmptyDocumentError
+from ingestflow.core.settings import get_settings
+from ingestflow.core.types import ParsedDocument
 from tasks.options import stage_options
 from tasks.sandbox import (
     ParseLimits,
@@ -24,13 +25,10 @@ from tasks.sandbox import (
     parse_in_process,
     shared_sandbox,
 )
-from tasks.work import DocWork, per_document
-
-# Bump when the parsers' output changes, so the next run re-indexes unchanged bytes.
-PARSER_VERSION = 1
+from tasks.work import DocWork, StageContext, per_document
 
 
-def parse_one(work: DocWork, sandbox: ParseSandbox | None = None, max_chars: int = 0) -> DocWork:
+def parse_one(work: DocWork, limits: ParseLimits, sandbox: ParseSandbox | None = None) -> DocWork:
     """Parse one fetched document, in ``sandbox`` when given, else in this process."""
     assert work.fetched is not None
     fetched = work.fetched
@@ -42,7 +40,7 @@ def parse_one(work: DocWork, sandbox: ParseSandbox | None = None, max_chars: int
             fetched.path,
             filename=fetched.filename,
             password=work.password,
-            max_chars=max_chars or ParseLimits().max_chars,
+            max_chars=limits.max_chars,
         )
     if not any(seg.text.strip() for seg in parsed.segments):
         raise EmptyDocumentError(f"no text found in this {parsed.media_type} document")
@@ -50,21 +48,27 @@ def parse_one(work: DocWork, sandbox: ParseSandbox | None = None, max_chars: int
 
 
 def parse_documents(
-    works: Sequence[DocWork], *, workers: int = 1, limits: ParseLimits | None = None
+    works: Sequence[DocWork],
+    ctx: StageContext | None = None,
+    *,
+    final_attempt: bool = True,
+    workers: int | None = None,
+    limits: ParseLimits | None = None,
 ) -> list[DocWork]:
-    """The parse stage over a micro-batch, ``workers`` documents at a time.
+    """The parse stage over a micro-batch, ``workers`` (else ``ctx.parse_workers``) documents
+    at a time, within ``limits`` (else the ``INGESTFLOW_PARSE_*`` settings).
 
     Every parse error is final for its document: the same bytes fail the same way again.
-    ``limits`` default to ``ParseLimits.from_env()``.
     """
-    limits = limits or ParseLimits.from_env()
+    workers = workers or (ctx.parse_workers if ctx else 1)
+    limits = limits or ParseLimits.from_settings(get_settings().parse)
     sandbox = None
     if limits.isolation == "process":
         sandbox = shared_sandbox(workers, limits)
 
     def one(work: DocWork) -> list[DocWork]:
         def step(w: DocWork) -> DocWork:
-            return parse_one(w, sandbox, limits.max_chars)
+            return parse_one(w, limits, sandbox)
 
         return per_document([work], step, stage="parse", final_attempt=True)
 
@@ -75,5 +79,5 @@ def parse_documents(
 # Each document is bounded by the sandbox's wall-clock limit; this is only the backstop for
 # a whole micro-batch, so it must allow a batch of slow documents.
 @task(**stage_options("parse", timeout_seconds=4 * 3600))
-def parse_task(works: list[DocWork], workers: int) -> list[DocWork]:
-    return parse_documents(works, workers=workers)
+def parse_task(works: list[DocWork], ctx: StageContext) -> list[DocWork]:
+    return parse_documents(works, ctx)

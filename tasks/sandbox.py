@@ -6,7 +6,7 @@ in child processes that each parse one file at a time and are reused for the nex
     with ParseSandbox(workers=2) as sandbox:
         document = sandbox.parse(path, filename="report.pdf")
 
-Limits, per document (``ParseLimits``, from ``INGESTFLOW_PARSE_*`` variables; defaults
+Limits, per document (``ParseLimits``, from the ``INGESTFLOW_PARSE_*`` settings; defaults
 2 GiB, 120 s of CPU, 300 s of wall clock, 50 million characters):
 
 - memory: ``RLIMIT_AS`` on the worker. A parser that asks for more gets ``MemoryError``
@@ -43,20 +43,21 @@ import queue
 import resource
 import signal
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ingestflow.errors import (
-    ConfigError,
+from ingestflow.core.errors import (
     IngestError,
     ParseMemoryLimitError,
     ParseOutputLimitError,
     ParserCrashedError,
     ParseTimeLimitError,
 )
-from ingestflow.types import ParsedDocument
+from ingestflow.core.settings import ParseSettings
+from ingestflow.core.types import ParsedDocument
+from tasks.parsers import parse_file
 
 GIB = 1024**3
 MIB = 1024**2
@@ -81,31 +82,16 @@ class ParseLimits:
     preload: tuple[str, ...] = ()
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> ParseLimits:
-        """Limits from ``INGESTFLOW_PARSE_MEMORY_MB``, ``_CPU_SECONDS``, ``_TIMEOUT_SECONDS``,
-        ``_MAX_CHARS``, ``_JOBS_PER_WORKER``, ``_ISOLATION`` (process|none) and ``_PRELOAD``;
-        unset ones keep their defaults."""
-        env = os.environ if environ is None else environ
-        default = cls()
-        isolation = env.get("INGESTFLOW_PARSE_ISOLATION", default.isolation).strip().lower()
-        if isolation not in ("process", "none"):
-            raise ConfigError(
-                f"INGESTFLOW_PARSE_ISOLATION must be 'process' or 'none', not {isolation!r}"
-            )
-        preload = env.get("INGESTFLOW_PARSE_PRELOAD", "")
-        memory_mb = _positive(env, "INGESTFLOW_PARSE_MEMORY_MB", default.memory_bytes // MIB)
+    def from_settings(cls, settings: ParseSettings) -> ParseLimits:
+        """The limits ``INGESTFLOW_PARSE_*`` describe (``ingestflow.core.settings``)."""
         return cls(
-            memory_bytes=int(memory_mb * MIB),
-            cpu_seconds=int(_positive(env, "INGESTFLOW_PARSE_CPU_SECONDS", default.cpu_seconds)),
-            timeout_seconds=_positive(
-                env, "INGESTFLOW_PARSE_TIMEOUT_SECONDS", default.timeout_seconds
-            ),
-            max_chars=int(_positive(env, "INGESTFLOW_PARSE_MAX_CHARS", default.max_chars)),
-            jobs_per_worker=int(
-                _positive(env, "INGESTFLOW_PARSE_JOBS_PER_WORKER", default.jobs_per_worker)
-            ),
-            isolation="none" if isolation == "none" else "process",
-            preload=tuple(name.strip() for name in preload.split(",") if name.strip()),
+            memory_bytes=int(settings.memory_mb * MIB),
+            cpu_seconds=int(settings.cpu_seconds),
+            timeout_seconds=settings.timeout_seconds,
+            max_chars=int(settings.max_chars),
+            jobs_per_worker=int(settings.jobs_per_worker),
+            isolation=settings.isolation,
+            preload=settings.preload_modules,
         )
 
     def memory_text(self) -> str:
@@ -113,19 +99,6 @@ class ParseLimits:
         if self.memory_bytes % GIB == 0:
             return f"{self.memory_bytes // GIB} GiB"
         return f"{self.memory_bytes / MIB:.0f} MiB"
-
-
-def _positive(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or not raw.strip():
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value > 0 or math.isinf(value):
-        raise ConfigError(f"{name} must be a positive number, not {raw!r}")
-    return value
 
 
 def memory_limit_error(limits: ParseLimits) -> ParseMemoryLimitError:
@@ -164,8 +137,6 @@ def parse_in_process(
     path: Path, *, filename: str = "", password: str | None = None, max_chars: int
 ) -> ParsedDocument:
     """Parse without a sandbox (no memory or time limits), still bounding the output."""
-    from tasks.parsers import parse_file
-
     return check_output(parse_file(path, filename=filename, password=password), max_chars)
 
 
@@ -227,8 +198,6 @@ def _serve(conn: Any, memory_bytes: int, preload: Sequence[str]) -> None:
 
 
 def _run(job: _Job, memory_bytes: int) -> tuple[str, Any]:
-    from tasks.parsers import parse_file
-
     _budget_cpu(job.cpu_seconds)
     try:
         document = parse_file(Path(job.path), filename=job.filename, password=job.password)

@@ -11,22 +11,23 @@ from dataclasses import replace
 
 from prefect import task
 
-from ingestflow.types import DocumentStatus
+from ingestflow.core.types import DocumentStatus
 from storage.chunks import DocumentChunks, replace_chunks
 from storage.db import transaction
 from storage.documents import record_failure
 from tasks.options import stage_options
-from tasks.work import INTERNAL_ERROR, DocWork, Stopwatch
+from tasks.work import INTERNAL_ERROR, DocWork, StageContext, Stopwatch
 
 
 def upsert_documents(
-    works: Sequence[DocWork], *, collection_id: int, flow_run_id: str | None
+    works: Sequence[DocWork], ctx: StageContext, *, final_attempt: bool = True
 ) -> list[DocWork]:
     """Write the micro-batch in one transaction: new chunk sets and failure reasons.
 
     A document that a newer run claimed in the meantime is left to that run and reported
     with the status the database holds for it.
     """
+    collection_id, flow_run_id = ctx.collection_id, ctx.flow_run_id
     ready = [w for w in works if w.active]
     with Stopwatch() as watch, transaction() as conn:
         written = set(
@@ -72,5 +73,5 @@ def _as_chunks(work: DocWork) -> DocumentChunks:
 
 
 @task(**stage_options("upsert", timeout_seconds=3600))
-def upsert_task(works: list[DocWork], collection_id: int, flow_run_id: str | None) -> list[DocWork]:
-    return upsert_documents(works, collection_id=collection_id, flow_run_id=flow_run_id)
+def upsert_task(works: list[DocWork], ctx: StageContext) -> list[DocWork]:
+    return upsert_documents(works, ctx)

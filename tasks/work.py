@@ -1,4 +1,5 @@
-"""The unit of work that moves through the stages: one document and what is known about it.
+"""The unit of work that moves through the stages: one document and what is known about it,
+and the context every stage of a run shares.
 
 Stages take and return lists of ``DocWork`` so that one Prefect task run handles a whole
 micro-batch, while every document keeps its own outcome, error and timings.
@@ -10,12 +11,15 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ingestflow.errors import IngestError, is_permanent
-from ingestflow.types import Chunk, DocumentOutcome, DocumentStatus, FetchedSource, Segment
+from ingestflow.core.errors import IngestError, is_permanent
+from ingestflow.core.settings import IngestSettings
+from ingestflow.core.types import Chunk, DocumentOutcome, DocumentStatus, FetchedSource, Segment
+from tasks.config import PipelineConfig
 
 INTERNAL_ERROR = "internal_error"  # the error_code of anything that is not an IngestError
 
@@ -31,6 +35,41 @@ def split_password(
     public = dict(metadata or {})
     from_metadata = public.pop("password", None)
     return public, password if password is not None else from_metadata
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What every stage of one run shares: the collection, the stage configuration, a
+    scratch folder for fetched files, and the run's limits."""
+
+    collection_id: int
+    config: PipelineConfig
+    workdir: Path
+    force: bool = False
+    flow_run_id: str | None = None
+    max_document_bytes: int = 200 * 1024 * 1024
+    parse_workers: int = 1
+
+    @classmethod
+    def for_run(
+        cls,
+        *,
+        collection_id: int,
+        config: PipelineConfig,
+        workdir: Path,
+        settings: IngestSettings,
+        force: bool = False,
+        flow_run_id: str | None = None,
+    ) -> StageContext:
+        return cls(
+            collection_id=collection_id,
+            config=config,
+            workdir=workdir,
+            force=force,
+            flow_run_id=flow_run_id,
+            max_document_bytes=settings.max_document_bytes,
+            parse_workers=settings.parse_workers,
+        )
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ SAMPLES = REPO / "samples"
 
 def reset_caches() -> None:
     """Make settings, the engine and embedders pick up a changed environment."""
-    from ingestflow.settings import get_settings
+    from ingestflow.core.settings import get_settings
     from storage import migrate
     from storage.db import reset_engine
     from tasks.embedders import clear_embedders
@@ -188,7 +188,7 @@ def redis_server():
 def celery_redis(redis_server) -> Iterator[str]:
     """``REDIS_URL`` for this process's Celery app (configured once, on first use) and for
     the workers: the session's own Redis."""
-    from ingestflow.settings import get_settings
+    from ingestflow.core.settings import get_settings
 
     url = redis_server.url
     with pytest.MonkeyPatch.context() as patch:

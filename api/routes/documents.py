@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 
-from api.deps import Principal
+from api.deps import CollectionName, DocumentId, Principal
 from api.models import (
     ChunkProvenance,
     DeleteDocumentsRequest,
@@ -17,12 +17,10 @@ from api.models import (
     DocumentSummary,
     JobAccepted,
 )
-from ingestflow import service
-from ingestflow.types import DocumentStatus
+from ingestflow.core.types import DocumentStatus
+from ingestflow.service import documents as service
 
 router = APIRouter(tags=["documents"])
-CollectionName = Annotated[str, Path(min_length=1, max_length=200)]
-DocumentId = Annotated[str, Path(min_length=1, max_length=100)]
 
 
 @router.get("/collections/{collection}/documents", response_model=DocumentPage)

@@ -10,18 +10,17 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from api.deps import Principal
+from api.deps import JobId, Principal, PriorityParam, SubmitsJob
 from api.models import Job, JobAccepted, JobErrorModel, JobPage, JobProgress
-from deployments.queue import JobKind, JobState, Priority
-from ingestflow import jobs
-from ingestflow.errors import InvalidRequestError
+from ingestflow.core.errors import InvalidRequestError
+from ingestflow.core.types import JobKind, JobState, Priority
+from ingestflow.service import jobs
 
 router = APIRouter(tags=["jobs"])
-JobId = Annotated[str, Path(min_length=1, max_length=200)]
 
 EVENT_POLL_SECONDS = 1.0
 EVENT_HEARTBEAT_SECONDS = 15.0
@@ -89,11 +88,11 @@ def cancel_job(job_id: JobId, key: Principal) -> Job:
     return job_model(jobs.cancel_job(job_id, tenant=key.tenant))
 
 
-@router.post("/jobs/{job_id}/retry", status_code=202, response_model=JobAccepted)
+@router.post(
+    "/jobs/{job_id}/retry", status_code=202, response_model=JobAccepted, dependencies=[SubmitsJob]
+)
 def retry_job(
-    job_id: JobId,
-    key: Principal,
-    priority: Annotated[Priority, Query()] = Priority.NORMAL,
+    job_id: JobId, key: Principal, priority: PriorityParam = Priority.NORMAL
 ) -> JobAccepted:
     """Run again only what the job did not finish, as a new job; 409 if nothing is left."""
     view = jobs.retry_job(job_id, tenant=key.tenant, priority=priority)

@@ -1,7 +1,7 @@
 """``GET /metrics``: the pipeline in the Prometheus text format (no auth, like ``/healthz``).
 
-Nothing is counted in this process. Each scrape reads one snapshot from the database
-(``storage.metrics``) and the queue backend's depth, and renders them through a registry
+Nothing is counted in this process. Each scrape reads one snapshot from the database and the
+queue backend's depth (``ingestflow.service.metrics``), and renders them through a registry
 built for that scrape, so every API replica reports the same numbers and a restart loses
 nothing. Include it with ``app.include_router(metrics.router)``.
 
@@ -32,8 +32,9 @@ from prometheus_client.registry import Collector
 
 from api.errors import RETRY_AFTER_SECONDS, error_response
 from api.models import ErrorResponse
-from ingestflow.errors import BackendUnavailableError, StoreError
-from storage.metrics import PipelineMetrics
+from ingestflow.core.errors import StoreError
+from ingestflow.service import metrics as service
+from ingestflow.service.metrics import PipelineMetrics
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["operations"])
@@ -53,43 +54,21 @@ QUEUE_TIMEOUT_SECONDS = 3.0
 async def metrics() -> Response:
     """The pipeline's documents, chunks, failures, stage timings, tokens and queue depth."""
     try:
-        snapshot = await run_in_threadpool(_read_snapshot)
+        snapshot = await run_in_threadpool(service.snapshot)
     except StoreError as exc:
         log.warning("metrics unavailable: %s", exc.reason)
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
         return error_response(503, "service_unavailable", exc.reason, headers)
     try:
-        depth = await asyncio.wait_for(run_in_threadpool(_queue_depth), QUEUE_TIMEOUT_SECONDS)
+        depth = await asyncio.wait_for(
+            run_in_threadpool(service.queue_depth), QUEUE_TIMEOUT_SECONDS
+        )
     except TimeoutError:
         log.warning("queue depth: no answer within %s s", QUEUE_TIMEOUT_SECONDS)
         depth = None
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PipelineCollector(snapshot, depth))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-
-def _read_snapshot() -> PipelineMetrics:
-    from storage.db import connection
-    from storage.metrics import read_metrics
-
-    with connection() as conn:
-        return read_metrics(conn)
-
-
-def _queue_depth() -> int | None:
-    """Jobs waiting in the queue backend, or None when it cannot say.
-
-    A queue outage must not hide the rest of the metrics, so nothing here fails the scrape.
-    """
-    from deployments import queue
-
-    try:
-        return queue.get_backend().queue_depth()
-    except BackendUnavailableError as exc:
-        log.info("queue backend unavailable: %s", exc.reason)
-    except Exception:  # noqa: BLE001 - a misconfigured backend is logged, the scrape goes on
-        log.warning("queue depth could not be read", exc_info=True)
-    return None
 
 
 class PipelineCollector(Collector):

@@ -7,6 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from api.errors import RETRY_AFTER_SECONDS, error_response
 from api.models import ErrorResponse
+from ingestflow.service.health import readiness
 
 router = APIRouter(tags=["operations"])
 
@@ -21,8 +22,6 @@ def healthz() -> dict[str, str]:
 async def readyz():  # -> dict | JSONResponse
     """The database, the upload store and the queue backend answer; 503 with the reasons
     and Retry-After otherwise."""
-    from ingestflow.service import readiness
-
     checks = await run_in_threadpool(readiness)
     failing = {name: why for name, why in checks.items() if why != "ok"}
     if failing:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.deps import Principal
+from api.deps import CollectionName, Principal
 from api.models import SearchHit, SearchRequest, SearchResponse
-from api.routes.documents import CollectionName
-from ingestflow import service
+from ingestflow.service.search import search as run_search
 
 router = APIRouter(tags=["search"])
 
@@ -16,7 +15,7 @@ router = APIRouter(tags=["search"])
 def search(collection: CollectionName, body: SearchRequest, key: Principal) -> SearchResponse:
     """The ``k`` chunks that best answer ``query`` whose document metadata contains ``filter``,
     ranked by vector similarity or, with ``mode: "hybrid"``, vector and full text fused."""
-    hits = service.search(
+    hits = run_search(
         body.query,
         collection=collection,
         k=body.k,

@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from api.deps import Principal
+from api.deps import (
+    CollectionName,
+    DocumentId,
+    ForceParam,
+    Principal,
+    PriorityParam,
+    SubmitsJob,
+)
 from api.models import (
     BulkAccepted,
     DocumentSummary,
@@ -26,18 +32,19 @@ from api.models import (
     Rejected,
     UploadAccepted,
 )
-from api.multipart import MultipartError, Part, iter_parts, safe_filename
-from api.routes.documents import CollectionName
-from deployments.queue import Priority
-from ingestflow import uploads
-from ingestflow.errors import IngestError, InvalidRequestError, TooLargeError
-from ingestflow.settings import get_settings
-from storage.collections import Collection
+from api.multipart import Part, iter_parts, safe_filename
+from ingestflow.core.errors import InvalidRequestError, TooLargeError
+from ingestflow.core.settings import get_settings
+from ingestflow.core.types import Priority
+from ingestflow.service import uploads
+from ingestflow.service.collections import (
+    Collection,
+    existing_collection,
+    open_collection_for_ingest,
+)
 
 router = APIRouter(tags=["documents"])
-
-PriorityParam = Annotated[Priority, Query(description="high, normal or low.")]
-ForceParam = Annotated[bool, Query(description="Re-ingest even if the bytes are known.")]
+FileSink = Callable[[Part, str], Awaitable[None]]
 
 
 def _multipart_body(*, many: bool, description: str) -> dict[str, Any]:
@@ -90,19 +97,60 @@ def _parse_metadata(text: str) -> dict[str, Any]:
     return value
 
 
-async def _parts(request: Request, *, max_parts: int) -> AsyncIterator[Part]:
+async def read_form(request: Request, *, max_parts: int, on_file: FileSink) -> dict[str, Any]:
+    """Read a multipart body in order: the ``metadata`` field as a JSON object, and each file
+    part handed to ``on_file``, with its cleaned name, while its bytes are still arriving.
+    Other plain fields are skipped."""
+    metadata: dict[str, Any] = {}
     content_type = request.headers.get("content-type", "")
     async for part in iter_parts(request.stream(), content_type, max_parts=max_parts):
-        yield part
+        if part.filename is None:
+            if part.name == "metadata":
+                metadata = _parse_metadata(await part.read_text())
+            continue
+        await on_file(part, safe_filename(part.filename))
+    return metadata
+
+
+async def store_files(
+    request: Request,
+    coll: Collection,
+    *,
+    max_parts: int,
+    single: bool = False,
+    rejected: list[Rejected] | None = None,
+) -> tuple[dict[str, Any], list[uploads.StoredUpload]]:
+    """The form's metadata, and its files streamed into the upload store. A file that cannot
+    be taken (too large, an unusable name) fails the request, or with ``rejected`` is listed
+    there while the others go on. On any failure, every file stored so far is removed."""
+    stored: list[uploads.StoredUpload] = []
+
+    async def store(part: Part, name: str) -> None:
+        if single and stored:
+            raise InvalidRequestError("send one file here; use documents:bulk for several")
+        try:
+            stored.append(await uploads.store_upload(coll, name, part.chunks()))
+        except (TooLargeError, InvalidRequestError) as exc:
+            if rejected is None:
+                raise
+            rejected.append(Rejected(filename=name, code=exc.code, message=exc.reason))
+
+    try:
+        metadata = await read_form(request, max_parts=max_parts, on_file=store)
+    except BaseException:
+        await run_in_threadpool(uploads.discard, stored)
+        raise
+    return metadata, stored
 
 
 async def _open(collection: str, tenant: str) -> Collection:
-    return await run_in_threadpool(uploads.open_collection, collection, tenant=tenant)
+    return await run_in_threadpool(open_collection_for_ingest, collection, tenant=tenant)
 
 
 @router.post(
     "/collections/{collection}/documents",
     status_code=202,
+    dependencies=[SubmitsJob],
     response_model=UploadAccepted,
     responses={200: {"model": UploadAccepted, "description": "Identical bytes already there."}},
     openapi_extra=_multipart_body(many=False, description="One file, field `file`."),
@@ -119,21 +167,7 @@ async def upload_document(
     limit = get_settings().api.max_upload_bytes
     _check_length(request, limit)
     coll = await _open(collection, key.tenant)
-    stored: list[uploads.StoredUpload] = []
-    metadata: dict[str, Any] = {}
-    try:
-        async for part in _parts(request, max_parts=16):
-            if part.filename is None:
-                if part.name == "metadata":
-                    metadata = _parse_metadata(await part.read_text())
-                continue
-            if stored:
-                raise InvalidRequestError("send one file here; use documents:bulk for several")
-            name = safe_filename(part.filename)
-            stored.append(await uploads.store_upload(coll, name, part.chunks()))
-    except BaseException:
-        await run_in_threadpool(_discard_all, stored)
-        raise
+    metadata, stored = await store_files(request, coll, max_parts=16, single=True)
     if not stored:
         raise InvalidRequestError("the request has no file part (field `file`)")
     [item] = await run_in_threadpool(
@@ -146,6 +180,7 @@ async def upload_document(
 @router.post(
     "/collections/{collection}/documents:bulk",
     status_code=202,
+    dependencies=[SubmitsJob],
     response_model=BulkAccepted,
     openapi_extra=_multipart_body(many=True, description="Many files, each in field `files`."),
 )
@@ -160,23 +195,10 @@ async def upload_documents(
     (too large, unreadable name) is listed under ``rejected`` and the others go on."""
     settings = get_settings().api
     coll = await _open(collection, key.tenant)
-    stored: list[uploads.StoredUpload] = []
     rejected: list[Rejected] = []
-    metadata: dict[str, Any] = {}
-    try:
-        async for part in _parts(request, max_parts=settings.max_files_per_request + 16):
-            if part.filename is None:
-                if part.name == "metadata":
-                    metadata = _parse_metadata(await part.read_text())
-                continue
-            name = safe_filename(part.filename)
-            try:
-                stored.append(await uploads.store_upload(coll, name, part.chunks()))
-            except (TooLargeError, InvalidRequestError) as exc:
-                rejected.append(Rejected(filename=name, code=_code(exc), message=exc.reason))
-    except BaseException:
-        await run_in_threadpool(_discard_all, stored)
-        raise
+    metadata, stored = await store_files(
+        request, coll, max_parts=settings.max_files_per_request + 16, rejected=rejected
+    )
     if not stored and not rejected:
         raise InvalidRequestError("the request has no file parts (field `files`)")
     items = await run_in_threadpool(
@@ -192,7 +214,10 @@ async def upload_documents(
 
 
 @router.post(
-    "/collections/{collection}/documents:ingest", status_code=202, response_model=UploadAccepted
+    "/collections/{collection}/documents:ingest",
+    status_code=202,
+    response_model=UploadAccepted,
+    dependencies=[SubmitsJob],
 )
 def ingest_by_uri(
     collection: CollectionName, body: IngestUriRequest, key: Principal
@@ -200,7 +225,7 @@ def ingest_by_uri(
     """Ingest a document by URI (s3://, gs://, az://, or a local path under the API's
     allowed roots). Its bytes are read by the job, not by this request."""
     uploads.check_uri(body.uri)  # a refused URI creates no collection either
-    coll = uploads.open_collection(collection, tenant=key.tenant)
+    coll = open_collection_for_ingest(collection, tenant=key.tenant)
     item = uploads.ingest_uri(
         coll, body.uri, metadata=body.metadata, priority=Priority(body.priority), force=body.force
     )
@@ -210,22 +235,24 @@ def ingest_by_uri(
 @router.post(
     "/collections/{collection}/documents/{document_id}:reingest",
     status_code=202,
+    dependencies=[SubmitsJob],
     response_model=UploadAccepted,
 )
 def reingest_document(
     collection: CollectionName,
-    document_id: Annotated[str, PathParam(min_length=1, max_length=100)],
+    document_id: DocumentId,
     key: Principal,
     priority: PriorityParam = Priority.NORMAL,
 ) -> UploadAccepted:
     """Index the document again from its source, even if its bytes did not change."""
-    coll = uploads.existing_collection(collection, tenant=key.tenant)
+    coll = existing_collection(collection, tenant=key.tenant)
     return _accepted(uploads.reingest_document(coll, document_id, priority=priority))
 
 
 @router.post(
     "/collections/{collection}/documents:merge",
     status_code=202,
+    dependencies=[SubmitsJob],
     response_model=UploadAccepted,
     responses={200: {"model": UploadAccepted, "description": "Identical bytes already there."}},
     openapi_extra=_multipart_body(many=True, description="PDFs in order, field `files`."),
@@ -241,15 +268,13 @@ async def merge_documents(
     limit = get_settings().api.max_upload_bytes
     _check_length(request, limit)
     coll = await _open(collection, key.tenant)
-    metadata: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="ingestflow-merge-") as tmp:
         parts: list[Path] = []
-        async for part in _parts(request, max_parts=200):
-            if part.filename is None:
-                if part.name == "metadata":
-                    metadata = _parse_metadata(await part.read_text())
-                continue
+
+        async def spool(part: Part, name: str) -> None:
             parts.append(await _spool(part, Path(tmp) / f"{len(parts):04d}.pdf", limit))
+
+        metadata = await read_form(request, max_parts=200, on_file=spool)
         if len(parts) < 1:
             raise InvalidRequestError("send the PDFs to merge as file parts (field `files`)")
         merged = Path(tmp) / "merged.pdf"
@@ -279,16 +304,3 @@ async def _read_file(path: Path, block: int = 1024 * 1024) -> AsyncIterator[byte
     with path.open("rb") as fh:
         while data := fh.read(block):
             yield data
-
-
-def _discard_all(stored: list[uploads.StoredUpload]) -> None:
-    from storage.objectstore import store_for
-
-    for up in stored:
-        store_for(up.uri).delete(up.uri)
-
-
-def _code(exc: IngestError) -> str:
-    if isinstance(exc, MultipartError):
-        return exc.code
-    return "too_large" if isinstance(exc, TooLargeError) else "invalid_request"

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from typing import Any, Literal, TypeVar
 
-from ingestflow.errors import ConfigError, FetchError, IngestError, StoreError, TooLargeError
+from ingestflow.core.errors import ConfigError, FetchError, IngestError, StoreError, TooLargeError
 from storage import objectstore
 
 Op = Literal["read", "write", "exists", "delete", "list"]

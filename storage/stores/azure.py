@@ -17,10 +17,17 @@ from collections.abc import Iterable, Iterator
 from functools import cached_property, lru_cache
 from typing import Any
 
-from ingestflow.errors import ConfigError, IngestError, SourceNotFoundError
-from ingestflow.settings import Settings, StoreSettings, get_settings
+from ingestflow.core.errors import ConfigError, IngestError, SourceNotFoundError
+from ingestflow.core.settings import Settings, StoreSettings, get_settings
 from storage import objectstore
-from storage.objectstore import ObjectInfo, PagedListing, Sink, WriteResult, register_store
+from storage.objectstore import (
+    BlockCredentials,
+    ObjectInfo,
+    PagedListing,
+    Sink,
+    StoreKind,
+    WriteResult,
+)
 from storage.stores._common import Meter, Op, Parts, emit, load_block, transient
 
 _NO_CREDENTIALS = (
@@ -169,7 +176,23 @@ def _http_error(op: Op, uri: str, container: str, e: Any) -> IngestError:
     return ConfigError(f"Azure rejected the request for {uri}: {code or status}")
 
 
-@register_store("az")
+def azure_from_env(settings: StoreSettings, *_: str | None) -> tuple[Any, str]:
+    from prefect_azure import AzureBlobStorageCredentials
+    from pydantic import SecretStr
+
+    connection_string = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
+    if not connection_string:
+        raise ConfigError("no Azure credentials to save: set AZURE_STORAGE_CONNECTION_STRING")
+    creds = AzureBlobStorageCredentials(connection_string=SecretStr(connection_string))
+    return creds, "AZURE_STORAGE_CONNECTION_STRING"
+
+
+def azure_store_with(settings: StoreSettings, creds: Any) -> AzureBlobStore:
+    store = AzureBlobStore(settings)
+    store.client = service_client(creds)
+    return store
+
+
 def default_azure_store() -> AzureBlobStore:
     """The store for the current settings (one per settings snapshot, so one client)."""
     return _store(get_settings())
@@ -178,3 +201,14 @@ def default_azure_store() -> AzureBlobStore:
 @lru_cache(maxsize=1)
 def _store(settings: Settings) -> AzureBlobStore:
     return AzureBlobStore(settings.store)
+
+
+AZURE = StoreKind(
+    open=default_azure_store,
+    credentials=BlockCredentials(
+        "azure-blob-storage-credentials",
+        "INGESTFLOW_STORE_AZURE_BLOCK",
+        azure_from_env,
+        azure_store_with,
+    ),
+)

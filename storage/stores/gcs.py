@@ -11,15 +11,24 @@ failure.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterable, Iterator
 from functools import cache, cached_property, lru_cache
+from pathlib import Path
 from typing import Any
 
-from ingestflow.errors import ConfigError, IngestError, SourceNotFoundError
-from ingestflow.settings import Settings, StoreSettings, get_settings
+from ingestflow.core.errors import ConfigError, IngestError, SourceNotFoundError
+from ingestflow.core.settings import Settings, StoreSettings, get_settings
 from storage import objectstore
-from storage.objectstore import ObjectInfo, PagedListing, Sink, WriteResult, register_store
+from storage.objectstore import (
+    BlockCredentials,
+    ObjectInfo,
+    PagedListing,
+    Sink,
+    StoreKind,
+    WriteResult,
+)
 from storage.stores._common import Meter, Op, emit, load_block, transient
 
 _NO_CREDENTIALS = (
@@ -203,7 +212,36 @@ def _translated(op: Op, uri: str) -> Iterator[None]:
         raise transient(op, f"GCS unreachable for {uri}: {type(e).__name__}") from e
 
 
-@register_store("gs")
+def gcp_from_env(settings: StoreSettings, *_: str | None) -> tuple[Any, str]:
+    from prefect_gcp import GcpCredentials
+
+    key_file = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if not key_file:
+        if os.environ.get("STORAGE_EMULATOR_HOST"):
+            return None, "STORAGE_EMULATOR_HOST (an emulator needs no credentials)"
+        raise ConfigError(
+            "no GCS credentials to save: set GOOGLE_APPLICATION_CREDENTIALS to a"
+            " service-account key file"
+        )
+    try:
+        info = json.loads(Path(key_file).read_text())
+    except (OSError, ValueError) as e:  # the message names the file, never its content
+        raise ConfigError(f"cannot read the key file {key_file}: {type(e).__name__}") from e
+    if not isinstance(info, dict) or info.get("type") != "service_account":
+        raise ConfigError(f"{key_file} is not a service-account key file")
+    creds = GcpCredentials(
+        service_account_info=info, project=settings.gcs_project or info.get("project_id")
+    )
+    return creds, "GOOGLE_APPLICATION_CREDENTIALS"
+
+
+def gcs_store_with(settings: StoreSettings, creds: Any) -> GcsStore:
+    store = GcsStore(settings)
+    if creds is not None:
+        store.client = creds.get_cloud_storage_client(project=settings.gcs_project)
+    return store
+
+
 def default_gcs_store() -> GcsStore:
     """The store for the current settings (one per settings snapshot, so one client)."""
     return _store(get_settings())
@@ -212,3 +250,11 @@ def default_gcs_store() -> GcsStore:
 @lru_cache(maxsize=1)
 def _store(settings: Settings) -> GcsStore:
     return GcsStore(settings.store)
+
+
+GCS = StoreKind(
+    open=default_gcs_store,
+    credentials=BlockCredentials(
+        "gcp-credentials", "INGESTFLOW_STORE_GCS_BLOCK", gcp_from_env, gcs_store_with
+    ),
+)

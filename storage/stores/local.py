@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
-from ingestflow.errors import (
+from ingestflow.core.errors import (
     ConfigError,
     FetchError,
     IngestError,
@@ -26,7 +26,7 @@ from ingestflow.errors import (
     SourceNotFoundError,
 )
 from storage import objectstore
-from storage.objectstore import ObjectInfo, PagedListing, Sink, WriteResult, register_store
+from storage.objectstore import ObjectInfo, PagedListing, Sink, StoreKind, WriteResult
 from storage.stores._common import Meter, Op, pages_of, transient
 
 TMP_PREFIX = ".ingestflow-tmp-"
@@ -222,4 +222,4 @@ def _os_error(op: Op, path: Path, e: OSError) -> IngestError:
     return transient(op, f"cannot {op} {path}: {e.strerror}")
 
 
-register_store("file")(LocalFileStore)
+LOCAL = StoreKind(open=LocalFileStore)

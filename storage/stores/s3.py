@@ -11,14 +11,22 @@ uploads, invisible until completed and aborted on any failure.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterable, Iterator
 from functools import cached_property, lru_cache
 from typing import Any
 
-from ingestflow.errors import ConfigError, IngestError, SourceNotFoundError
-from ingestflow.settings import Settings, StoreSettings, get_settings
+from ingestflow.core.errors import ConfigError, IngestError, SourceNotFoundError
+from ingestflow.core.settings import Settings, StoreSettings, get_settings
 from storage import objectstore
-from storage.objectstore import ObjectInfo, PagedListing, Sink, WriteResult, register_store
+from storage.objectstore import (
+    BlockCredentials,
+    ObjectInfo,
+    PagedListing,
+    Sink,
+    StoreKind,
+    WriteResult,
+)
 from storage.stores._common import Meter, Op, Parts, drain, load_block, transient
 
 _REJECTED = {
@@ -106,7 +114,7 @@ class S3Store(PagedListing):
 
     def read_into(self, uri: str, sink: Sink) -> None:
         bucket, key = objectstore.split_uri(uri)
-        with _translated("read", uri):
+        with translated("read", uri):
             body = self.client.get_object(Bucket=bucket, Key=key)["Body"]
             with contextlib.closing(body):
                 for block in body.iter_chunks(objectstore.CHUNK_BYTES):
@@ -119,7 +127,7 @@ class S3Store(PagedListing):
         meter = Meter(chunks, max_bytes, uri)
         pieces = Parts(meter, self.settings.part_bytes)
         stream = iter(pieces)
-        with _translated("write", uri):
+        with translated("write", uri):
             head = [next(stream)]
             if pieces.final:  # small: one request
                 etag = self.client.put_object(Bucket=bucket, Key=key, Body=head.pop())["ETag"]
@@ -150,7 +158,7 @@ class S3Store(PagedListing):
     def exists(self, uri: str) -> bool:
         bucket, key = objectstore.split_uri(uri)
         try:
-            with _translated("exists", uri):
+            with translated("exists", uri):
                 self.client.head_object(Bucket=bucket, Key=key)
         except SourceNotFoundError:
             return False
@@ -158,7 +166,7 @@ class S3Store(PagedListing):
 
     def delete(self, uri: str) -> None:
         bucket, key = objectstore.split_uri(uri)
-        with _translated("delete", uri):
+        with translated("delete", uri):
             self.client.delete_object(Bucket=bucket, Key=key)  # idempotent in S3
 
     def list_pages(
@@ -168,7 +176,7 @@ class S3Store(PagedListing):
         size = page_size or self.settings.list_page_size
         request: dict[str, Any] = {"Bucket": bucket, "Prefix": key_prefix, "MaxKeys": size}
         while True:
-            with _translated("list", prefix):
+            with translated("list", prefix):
                 page = self.client.list_objects_v2(**request)
             yield [_info(bucket, item) for item in page.get("Contents", [])]
             if not page.get("IsTruncated"):
@@ -184,7 +192,7 @@ def _info(bucket: str, item: dict[str, Any]) -> ObjectInfo:
 
 
 @contextlib.contextmanager
-def _translated(op: Op, uri: str) -> Iterator[None]:
+def translated(op: Op, uri: str) -> Iterator[None]:
     """Turn boto errors into ingestflow's: credentials and bad requests are permanent
     ``ConfigError``s, a missing object ``SourceNotFoundError``, the rest transient."""
     from botocore import exceptions as bx
@@ -220,7 +228,42 @@ def _client_error(op: Op, uri: str, e: Any) -> IngestError:
     return ConfigError(f"S3 rejected the request for {uri}: {code or status}")
 
 
-@register_store("s3")
+def aws_from_env(
+    settings: StoreSettings, endpoint_url: str | None, region: str | None
+) -> tuple[Any, str]:
+    from prefect_aws import AwsClientParameters, AwsCredentials
+    from pydantic import SecretStr
+
+    env = os.environ
+    keys = bool(env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"))
+    if not keys and not env.get("AWS_PROFILE"):
+        raise ConfigError(
+            "no S3 credentials to save: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            " (or AWS_PROFILE)"
+        )
+    creds = AwsCredentials(
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"] if keys else None,
+        aws_secret_access_key=SecretStr(env["AWS_SECRET_ACCESS_KEY"]) if keys else None,
+        aws_session_token=env.get("AWS_SESSION_TOKEN") if keys else None,
+        profile_name=None if keys else env["AWS_PROFILE"],
+        region_name=region
+        or settings.s3_region
+        or env.get("AWS_REGION")
+        or env.get("AWS_DEFAULT_REGION"),
+        aws_client_parameters=AwsClientParameters(
+            endpoint_url=endpoint_url or settings.s3_endpoint_url
+        ),
+    )
+    used = "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" if keys else "AWS_PROFILE"
+    return creds, used
+
+
+def s3_store_with(settings: StoreSettings, creds: Any) -> S3Store:
+    store = S3Store(settings)
+    store.client = s3_client(with_store_settings(creds, settings))  # this block, not settings'
+    return store
+
+
 def default_s3_store() -> S3Store:
     """The store for the current settings (one per settings snapshot, so one client)."""
     return _store(get_settings())
@@ -229,3 +272,11 @@ def default_s3_store() -> S3Store:
 @lru_cache(maxsize=1)
 def _store(settings: Settings) -> S3Store:
     return S3Store(settings.store)
+
+
+S3 = StoreKind(
+    open=default_s3_store,
+    credentials=BlockCredentials(
+        "aws-credentials", "INGESTFLOW_STORE_S3_BLOCK", aws_from_env, s3_store_with
+    ),
+)

@@ -1,9 +1,12 @@
 """The Embedder extension point: one abstract ``embed_batch`` and a registry.
 
-Built-in embedders register themselves the same way a plugin would::
+An embedder is a class; the ``ingestflow.embedders`` entry points name them by provider, the
+built-ins (``local``, ``openai``) exactly as a plugin package would::
 
-    @register_embedder("my-provider")
-    class MyEmbedder(Embedder): ...
+    [project.entry-points."ingestflow.embedders"]
+    my-provider = "my_package.embedder:MyEmbedder"
+
+``register_embedder("my-provider")`` adds one at run time (a notebook, a benchmark).
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from ingestflow.errors import ConfigError
-from ingestflow.settings import EmbeddingSettings, get_settings
+from ingestflow.core import registry
+from ingestflow.core.registry import Registry
+from ingestflow.core.settings import EmbeddingSettings, get_settings
 
 
 class Embedder(ABC):
@@ -80,7 +84,7 @@ class Embedder(ABC):
 
 
 EmbedderFactory = Callable[[str | None, EmbeddingSettings], Embedder]
-_registry: dict[str, EmbedderFactory] = {}
+EMBEDDERS: Registry[EmbedderFactory] = Registry(registry.EMBEDDERS, "embedding provider")
 _instances: dict[tuple[str, str | None], Embedder] = {}
 _lock = threading.Lock()
 
@@ -90,15 +94,14 @@ def register_embedder(provider: str) -> Callable[[type[Embedder]], type[Embedder
 
     def decorate(cls: type[Embedder]) -> type[Embedder]:
         cls.provider = provider
-        _registry[provider] = cls
+        EMBEDDERS.register(provider, cls, replace=True)
         return cls
 
     return decorate
 
 
 def available_providers() -> list[str]:
-    _load_builtins()
-    return sorted(_registry)
+    return EMBEDDERS.names()
 
 
 def get_embedder(provider: str | None = None, model: str | None = None) -> Embedder:
@@ -106,14 +109,12 @@ def get_embedder(provider: str | None = None, model: str | None = None) -> Embed
     settings = get_settings().embedding
     provider = provider or settings.provider
     model = model or (settings.model if provider == settings.provider else None)
-    _load_builtins()
     with _lock:
         key = (provider, model)
         if key not in _instances:
-            if provider not in _registry:
-                known = ", ".join(sorted(_registry))
-                raise ConfigError(f"unknown embedding provider {provider!r} (known: {known})")
-            _instances[key] = _registry[provider](model, settings)
+            embedder = EMBEDDERS.get(provider)(model, settings)
+            embedder.provider = provider  # the name it is registered under is its identity
+            _instances[key] = embedder
         return _instances[key]
 
 
@@ -121,9 +122,3 @@ def clear_embedders() -> None:
     """Forget cached embedder instances (after settings change)."""
     with _lock:
         _instances.clear()
-
-
-def _load_builtins() -> None:
-    # Importing registers them; the heavy libraries load only when an embedder is built.
-    import tasks.embedders.local
-    import tasks.embedders.openai  # noqa: F401

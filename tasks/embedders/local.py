@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ingestflow.errors import ConfigError
-from ingestflow.settings import EmbeddingSettings
-from tasks.embedders.base import Embedder, register_embedder
+from ingestflow.core.errors import ConfigError
+from ingestflow.core.settings import EmbeddingSettings
+from tasks.embedders.base import Embedder
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -51,7 +51,6 @@ def _canonical_model(name: str) -> str:
     return CANONICAL_MODEL
 
 
-@register_embedder("local")
 class LocalEmbedder(Embedder):
     """all-MiniLM-L6-v2 (384 dimensions, unit-norm float32) on the CPU.
 
@@ -61,6 +60,7 @@ class LocalEmbedder(Embedder):
     is embedded whole; longer inputs are truncated by the model at 256 tokens.
     """
 
+    provider = "local"
     default_model = CANONICAL_MODEL
     max_seq_length = 256
 

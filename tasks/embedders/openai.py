@@ -24,9 +24,9 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from ingestflow.errors import ConfigError, EmbedError, EmbedRequestRejected
-from ingestflow.settings import EmbeddingSettings
-from tasks.embedders.base import Embedder, register_embedder
+from ingestflow.core.errors import ConfigError, EmbedError, EmbedRequestRejected
+from ingestflow.core.settings import EmbeddingSettings
+from tasks.embedders.base import Embedder
 
 if TYPE_CHECKING:
     import openai
@@ -102,13 +102,13 @@ def backoff_wait(
     return min(cap, max(jitter, hint or 0.0))
 
 
-@register_embedder("openai")
 class OpenAIEmbedder(Embedder):
     """Embeds through the OpenAI embeddings API or any server that speaks it (``base_url``).
 
     ``sleep`` and ``rng`` are injectable so tests of the backoff need not wait.
     """
 
+    provider = "openai"
     default_model = "text-embedding-3-small"
 
     def __init__(

@@ -3,20 +3,10 @@
     from tasks.parsers import parse_file
     document = parse_file(path, filename="report.pdf", password=None)
 
-Parsers plug in through the ``Parser`` protocol and ``register_parser`` (or the ``parser``
-decorator); the built-ins below register themselves that way on import.
+Parsers plug in through the ``Parser`` protocol: the ``ingestflow.parsers`` entry points
+(the built-ins are declared there too) or ``register_parser`` at run time.
 """
 
-from tasks.parsers import (  # noqa: F401 - imported to register the built-in parsers
-    jsondoc,
-    pdf,
-    slides,
-    spreadsheet,
-    tabular,
-    text,
-    webpage,
-    word,
-)
 from tasks.parsers.base import (
     SEGMENT_CHARS,
     FunctionParser,
@@ -29,10 +19,8 @@ from tasks.parsers.base import (
 )
 from tasks.parsers.core import parse_file
 from tasks.parsers.detect import detect_media_type
-from tasks.parsers.pdf import MAX_PDF_PAGES
 
 __all__ = [
-    "MAX_PDF_PAGES",
     "SEGMENT_CHARS",
     "FunctionParser",
     "ParseInput",

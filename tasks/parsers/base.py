@@ -1,23 +1,28 @@
-"""The Parser extension point: one small protocol and a registry keyed by media type.
+"""The Parser extension point: one small protocol and a registry, looked up by media type.
 
-A parser turns one local file of a known media type into text segments. Built-in parsers
-register themselves exactly the way a plugin would::
+A parser turns one local file of a known media type into text segments. A function becomes
+one with the ``parser`` decorator; a class with state implements the protocol::
 
     @parser("application/x-my-format", label="MYFMT")
     def parse_my_format(source: ParseInput) -> Iterator[Segment]: ...
 
-or, for a class with state, ``register_parser(MyParser())``.
+The ``ingestflow.parsers`` entry points name the parsers, the built-ins exactly as a plugin
+package would (``my-format = "my_package.parsers:parse_my_format"``).
+``register_parser(my_parser)`` adds one at run time; it takes over the media types it names.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from ingestflow.errors import UnsupportedTypeError
-from ingestflow.types import Segment
+from ingestflow.core import registry
+from ingestflow.core.errors import ConfigError, UnsupportedTypeError
+from ingestflow.core.registry import Registry
+from ingestflow.core.types import Segment
 
 PDF = "application/pdf"
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
@@ -75,39 +80,57 @@ class Reroute(Exception):  # noqa: N818 - a control-flow signal, not an error
         self.media_type = media_type
 
 
-_registry: dict[str, Parser] = {}
+PARSERS: Registry[Parser] = Registry(registry.PARSERS, "parser")
+_by_type: dict[str, Parser] | None = None  # media type -> parser, built on first lookup
+_index_lock = threading.Lock()
+
+
+def _index() -> dict[str, Parser]:
+    """Every parser by media type: the declared ones, then those registered at run time."""
+    global _by_type
+    with _index_lock:
+        if _by_type is None:
+            index: dict[str, Parser] = {}
+            for name, found in PARSERS.all().items():
+                for media_type in found.media_types:
+                    if media_type in index:
+                        raise ConfigError(f"parser {name!r} claims {media_type}, which has one")
+                    index[media_type] = found
+            _by_type = index
+        return _by_type
 
 
 def register_parser(parser: Parser, *, replace: bool = False) -> Parser:
     """Register ``parser`` for each of its media types; a clash is an error unless ``replace``."""
+    index = _index()
     for media_type in parser.media_types:
-        if media_type in _registry and not replace and _registry[media_type] is not parser:
+        if media_type in index and not replace and index[media_type] is not parser:
             raise ValueError(f"a parser for {media_type} is already registered")
+    PARSERS.register(parser.label, parser, replace=True)
     for media_type in parser.media_types:
-        _registry[media_type] = parser
+        index[media_type] = parser
     return parser
 
 
 def unregister_parser(media_type: str) -> None:
     """Forget the parser for ``media_type`` (mainly for tests and plugin overrides)."""
-    _registry.pop(media_type, None)
+    _index().pop(media_type, None)
 
 
 def get_parser(media_type: str) -> Parser:
     """The parser registered for ``media_type``, or ``UnsupportedTypeError``."""
     try:
-        return _registry[media_type]
+        return _index()[media_type]
     except KeyError:
         raise UnsupportedTypeError(f"unsupported file type ({media_type})") from None
 
 
 def registered_media_types() -> list[str]:
     """Every media type that currently has a parser."""
-    return sorted(_registry)
+    return sorted(_index())
 
 
 ParseFunc = Callable[[ParseInput], Iterable[Segment]]
-F = TypeVar("F", bound=ParseFunc)
 
 
 @dataclass(frozen=True)
@@ -122,14 +145,13 @@ class FunctionParser:
         return self.func(source)
 
 
-def parser(*media_types: str, label: str, replace: bool = False) -> Callable[[F], F]:
-    """Decorator: register a function as the parser for ``media_types``."""
+def parser(*media_types: str, label: str) -> Callable[[ParseFunc], FunctionParser]:
+    """Decorator: the function as a ``Parser`` of ``media_types``, named ``label`` in errors."""
 
-    def register(func: F) -> F:
-        register_parser(FunctionParser(media_types, label, func), replace=replace)
-        return func
+    def wrap(func: ParseFunc) -> FunctionParser:
+        return FunctionParser(media_types, label, func)
 
-    return register
+    return wrap
 
 
 def group_lines(

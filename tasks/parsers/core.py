@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ingestflow.errors import EmptyDocumentError, IngestError, ParseError
-from ingestflow.types import ParsedDocument, Segment
+from ingestflow.core.errors import EmptyDocumentError, IngestError, ParseError
+from ingestflow.core.types import ParsedDocument, Segment
 from tasks.parsers.base import ParseInput, Parser, Reroute, get_parser
 from tasks.parsers.detect import detect_media_type
 

@@ -11,7 +11,7 @@ import re
 import zipfile
 from pathlib import Path, PurePath
 
-from ingestflow.errors import (
+from ingestflow.core.errors import (
     EmptyDocumentError,
     EncryptedDocumentError,
     ParseError,

@@ -7,7 +7,7 @@ import unicodedata
 
 from charset_normalizer import from_bytes
 
-from ingestflow.errors import UnsupportedTypeError
+from ingestflow.core.errors import UnsupportedTypeError
 
 # Longest first: the UTF-32-LE BOM starts with the UTF-16-LE one.
 _BOMS = (

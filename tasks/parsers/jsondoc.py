@@ -14,8 +14,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from ingestflow.errors import ParseError
-from ingestflow.types import Segment
+from ingestflow.core.errors import ParseError
+from ingestflow.core.types import Segment
 from tasks.parsers.base import JSON, TEXT, ParseInput, Reroute, group_lines, parser
 from tasks.parsers.encoding import decode_text
 

@@ -6,8 +6,8 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from ingestflow.errors import EmptyDocumentError, EncryptedDocumentError, ParseError
-from ingestflow.types import Segment
+from ingestflow.core.errors import EmptyDocumentError, EncryptedDocumentError, ParseError
+from ingestflow.core.types import Segment
 from tasks.parsers.base import PDF, ParseInput, parser
 from tasks.parsers.pdf_recover import recover_pages
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import zipfile
 
-from ingestflow.errors import ParseError
+from ingestflow.core.errors import ParseError
 
 MAX_ZIP_MEMBERS = 10_000
 # OOXML parsers hold whole parts in memory, so the total must stay far below RAM.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ingestflow.types import Segment
+from ingestflow.core.types import Segment
 
 HEADING_SEPARATOR = " > "
 

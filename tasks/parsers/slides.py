@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from lxml import etree
 
-from ingestflow.types import Segment
+from ingestflow.core.types import Segment
 from tasks.parsers.base import PPTX, ParseInput, parser
 
 _C = "http://schemas.openxmlformats.org/drawingml/2006/chart"

@@ -6,7 +6,7 @@ import csv
 import io
 from collections.abc import Iterator
 
-from ingestflow.types import Segment
+from ingestflow.core.types import Segment
 from tasks.parsers.base import CSV, TSV, ParseInput, group_lines, parser, row_range
 from tasks.parsers.encoding import decode_text
 

@@ -6,7 +6,7 @@ import html
 import re
 from collections.abc import Iterator
 
-from ingestflow.types import Segment
+from ingestflow.core.types import Segment
 from tasks.parsers.base import MARKDOWN, TEXT, ParseInput, parser
 from tasks.parsers.encoding import decode_text
 from tasks.parsers.sections import SectionBuilder

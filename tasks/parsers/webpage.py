@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from ingestflow.types import Segment
+from ingestflow.core.types import Segment
 from tasks.parsers.base import HTML, ParseInput, parser
 from tasks.parsers.encoding import decode_text
 from tasks.parsers.sections import SectionBuilder

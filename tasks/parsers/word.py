@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 from lxml import etree
 
-from ingestflow.types import Segment
+from ingestflow.core.types import Segment
 from tasks.parsers.base import DOCX, ParseInput, parser
 from tasks.parsers.sections import SectionBuilder
 

@@ -111,7 +111,7 @@ def test_readyz_is_503_with_the_reason_when_the_queue_is_down(client, monkeypatc
 
 
 def test_documents_and_search_for_the_owner_only(client, indexed, collection):
-    from ingestflow import service
+    from ingestflow.service.search import search
 
     owner, intruder = make_key("default"), make_key(f"other-{collection}")
     base = f"/v1/collections/{collection}"
@@ -142,7 +142,7 @@ def test_documents_and_search_for_the_owner_only(client, indexed, collection):
     # The route ranks exactly as the service does.
     body = {"query": "which animal holds hands while sleeping?", "k": 5}
     hits = client.post(f"{base}/search", headers=owner, json=body).json()["hits"]
-    expected = service.search(body["query"], collection=collection, k=5)
+    expected = search(body["query"], collection=collection, k=5)
     assert [(h["document_id"], h["ordinal"]) for h in hits] == [
         (e.document_id, e.ordinal) for e in expected
     ]

@@ -13,7 +13,7 @@ import time
 
 import psycopg
 
-from ingestflow.types import DocumentStatus
+from ingestflow.core.types import DocumentStatus
 from tests.support.db import consistency_problems
 
 REINDEXES = 6

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from ingestflow.progress import Progress, listen
+from ingestflow.core.progress import Progress, listen
 from tests.conftest import reset_caches
 from tests.support.faults import clean_ingest, exact_state_problems, make_corpus
 

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from deployments.queue import DeleteRequest, IngestRequest, JobInfo, JobKind, JobState, Priority
-from ingestflow.errors import BackendUnavailableError
+from deployments.queue import JobInfo, JobRequest
+from ingestflow.core.errors import BackendUnavailableError
+from ingestflow.core.types import JobKind, JobState, Priority
 from tests.support.celery_worker import run_celery_worker, worker_env
 from tests.support.db import chunk_rows, consistency_problems, document_rows, statuses
 from tests.support.processes import free_port
@@ -87,8 +88,8 @@ def write_docs(folder: Path, collection: str, names: list[str]) -> list[Path]:
     return paths
 
 
-def ingest_request(collection: str, paths: list[Path], **extra) -> IngestRequest:
-    return IngestRequest(
+def ingest_request(collection: str, paths: list[Path], **extra) -> JobRequest:
+    return JobRequest.ingest(
         tenant="default", collection=collection, sources=[str(p) for p in paths], **extra
     )
 
@@ -114,8 +115,8 @@ def test_submitted_ingest_runs_the_flow_and_indexes(worker, backend, collection,
     paths = write_docs(tmp_path / "docs", collection, ["a.txt", "b.txt"])
 
     request = ingest_request(collection, paths, priority=Priority.HIGH, idempotency_key="k-1")
-    job = backend.submit_ingest(request)
-    assert backend.submit_ingest(request) == job  # the same key is the same job
+    job = backend.submit(request)
+    assert backend.submit(request) == job  # the same key is the same job
     info = wait_finished(backend, job, worker)
 
     assert info.state is JobState.COMPLETED, info
@@ -175,12 +176,12 @@ def test_plain_celery_calls_return_an_async_result_with_the_summary(
 
 def test_submitted_delete_deletes(worker, backend, collection, tmp_path):
     paths = write_docs(tmp_path / "docs", collection, ["keep.txt", "drop.txt"])
-    ingested = backend.submit_ingest(ingest_request(collection, paths))
+    ingested = backend.submit(ingest_request(collection, paths))
     assert wait_finished(backend, ingested, worker).state is JobState.COMPLETED
     drop = document_rows(collection)[paths[1].resolve().as_uri()]["id"]
 
-    job = backend.submit_delete(
-        DeleteRequest(tenant="default", collection=collection, document_ids=[str(drop)])
+    job = backend.submit(
+        JobRequest.delete(tenant="default", collection=collection, document_ids=[str(drop)])
     )
     info = wait_finished(backend, job, worker)
 
@@ -192,8 +193,8 @@ def test_submitted_delete_deletes(worker, backend, collection, tmp_path):
 
     # A flow that raises fails the job, with the reason and without the traceback.
     nowhere = f"{collection}_missing"
-    failing = backend.submit_delete(
-        DeleteRequest(tenant="default", collection=nowhere, document_ids=[str(drop)])
+    failing = backend.submit(
+        JobRequest.delete(tenant="default", collection=nowhere, document_ids=[str(drop)])
     )
     failed = wait_finished(backend, failing, worker)
     assert failed.state is JobState.FAILED and failed.message, failed
@@ -206,10 +207,10 @@ def test_a_job_cancelled_while_queued_behind_a_long_one_never_runs(
 ):
     gate = Gate(tmp_path / "long.txt")
     queued_doc, later_doc = write_docs(tmp_path / "docs", collection, ["queued.txt", "later.txt"])
-    long_job = backend.submit_ingest(ingest_request(collection, [gate.path]))
+    long_job = backend.submit(ingest_request(collection, [gate.path]))
     held = gate.wait_reader()  # the long job is in its fetch step: the worker is busy
 
-    queued = backend.submit_ingest(ingest_request(collection, [queued_doc]))
+    queued = backend.submit(ingest_request(collection, [queued_doc]))
     assert backend.status([queued])[queued].state is JobState.QUEUED
     assert backend.queue_depth() == 1
     cancelled = backend.cancel(queued)
@@ -219,7 +220,7 @@ def test_a_job_cancelled_while_queued_behind_a_long_one_never_runs(
     assert wait_finished(backend, long_job, worker).state is JobState.COMPLETED
     # Queues are first in, first out: once a job submitted now has run, the worker has
     # been handed the cancelled one and dropped it.
-    later = backend.submit_ingest(ingest_request(collection, [later_doc]))
+    later = backend.submit(ingest_request(collection, [later_doc]))
     assert wait_finished(backend, later, worker).state is JobState.COMPLETED
 
     info = backend.status([queued])[queued]
@@ -232,10 +233,10 @@ def test_a_job_cancelled_while_queued_behind_a_long_one_never_runs(
 def test_waiting_jobs_start_in_priority_order(worker, backend, collection, tmp_path):
     gate = Gate(tmp_path / "first.txt")
     docs = write_docs(tmp_path / "docs", collection, ["low.txt", "normal.txt", "high.txt"])
-    first = backend.submit_ingest(ingest_request(collection, [gate.path]))
+    first = backend.submit(ingest_request(collection, [gate.path]))
     held = gate.wait_reader()
     jobs = [
-        backend.submit_ingest(ingest_request(collection, [doc], priority=Priority(doc.stem)))
+        backend.submit(ingest_request(collection, [doc], priority=Priority(doc.stem)))
         for doc in docs  # submitted low first, high last
     ]
     gate.feed(text_for("first.txt", collection), held)
@@ -251,8 +252,8 @@ def test_cancel_stops_a_running_job_and_one_queued_while_no_worker_listened(
 ):
     gate = Gate(tmp_path / "running.txt")
     unheard_doc, later_doc = write_docs(tmp_path / "docs", collection, ["unheard.txt", "later.txt"])
-    running = backend.submit_ingest(ingest_request(collection, [gate.path]))
-    unheard = backend.submit_ingest(ingest_request(collection, [unheard_doc]))
+    running = backend.submit(ingest_request(collection, [gate.path]))
+    unheard = backend.submit(ingest_request(collection, [unheard_doc]))
     # No worker is running: the revoke broadcast reaches nobody; the job's record must do.
     assert backend.cancel(unheard).state is JobState.CANCELLED
 
@@ -262,7 +263,7 @@ def test_cancel_stops_a_running_job_and_one_queued_while_no_worker_listened(
         assert stopping.state in (JobState.CANCELLING, JobState.CANCELLED), stopping
         assert wait_finished(backend, running, worker).state is JobState.CANCELLED
         os.close(held)
-        later = backend.submit_ingest(ingest_request(collection, [later_doc]))
+        later = backend.submit(ingest_request(collection, [later_doc]))
         assert wait_finished(backend, later, worker).state is JobState.COMPLETED  # after both
 
     assert backend.status([unheard])[unheard].state is JobState.CANCELLED
@@ -288,7 +289,7 @@ def test_a_task_of_a_killed_worker_is_redelivered_and_ends_exact(
     regular = write_docs(tmp_path / "docs", collection, [n for n in names if n != "d2.txt"])
     gate = Gate(tmp_path / "docs" / "d2.txt")
     sources = sorted([*regular, gate.path])
-    job = backend.submit_ingest(ingest_request(collection, sources))
+    job = backend.submit(ingest_request(collection, sources))
 
     # One document per micro-batch: d0 and d1 are committed when d2's fetch waits.
     with run_celery_worker(env=worker_env(INGESTFLOW_BATCH_SIZE="1"), log_dir=tmp_path) as first:
@@ -322,7 +323,7 @@ def test_a_task_of_a_killed_worker_is_redelivered_and_ends_exact(
 def test_unreachable_redis_is_backend_unavailable_at_once(monkeypatch):
     from deployments.celery_app import create_app
     from deployments.celery_backend import UNREACHABLE, CeleryBackend
-    from ingestflow.settings import get_settings
+    from ingestflow.core.settings import get_settings
 
     port = free_port()  # nothing listens there
     monkeypatch.setenv("REDIS_URL", f"redis://:not-a-real-password@127.0.0.1:{port}/0")
@@ -330,11 +331,11 @@ def test_unreachable_redis_is_backend_unavailable_at_once(monkeypatch):
     try:
         backend = CeleryBackend(create_app(set_as_current=False))
         calls = {
-            "submit_ingest": lambda: backend.submit_ingest(
-                IngestRequest(tenant="default", collection="c", sources=["a.txt"])
+            "submit an ingest job": lambda: backend.submit(
+                JobRequest.ingest(tenant="default", collection="c", sources=["a.txt"])
             ),
-            "submit_delete": lambda: backend.submit_delete(
-                DeleteRequest(tenant="default", collection="c", document_ids=["x"])
+            "submit a delete job": lambda: backend.submit(
+                JobRequest.delete(tenant="default", collection="c", document_ids=["x"])
             ),
             "status": lambda: backend.status(["x"]),
             "cancel": lambda: backend.cancel("x"),

@@ -21,7 +21,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ingestflow.types import DocumentStatus
+from ingestflow.core.types import DocumentStatus
 from tests.support.db import consistency_problems, document_rows
 
 pytestmark = pytest.mark.slow

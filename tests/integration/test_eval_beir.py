@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ingestflow.evaluation import run_beir
+from ingestflow.service.evaluation import run_beir
 from tests.support.parts import CATALOGUE, PART_QUERY
 
 DOCS = {

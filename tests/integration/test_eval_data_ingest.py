@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ingestflow.types import DocumentOutcome, DocumentStatus
+from ingestflow.core.types import DocumentOutcome, DocumentStatus
 from tests.support.db import chunk_rows, consistency_problems, document_rows
 
 INDEXED, UNCHANGED, FAILED = DocumentStatus.INDEXED, DocumentStatus.UNCHANGED, DocumentStatus.FAILED

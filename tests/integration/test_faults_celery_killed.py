@@ -34,7 +34,8 @@ import psutil
 import psycopg
 import pytest
 
-from deployments.queue import IngestRequest, JobState
+from deployments.queue import JobRequest
+from ingestflow.core.types import JobState
 from tests.conftest import reset_caches
 from tests.support.celery_worker import CeleryWorker, run_celery_worker, worker_env
 from tests.support.faults import (
@@ -127,10 +128,10 @@ class Trial:
         self.collection, self.clean = f"celery_{nonce}", f"clean_{nonce}"
         self.where = f"seed {SEED}, trial {name}"
         self.at_kill: dict[str, int] = {}
-        request = IngestRequest(
+        request = JobRequest.ingest(
             tenant="default", collection=self.collection, sources=[str(p) for p in self.paths]
         )
-        self.job = self.backend.submit_ingest(request)
+        self.job = self.backend.submit(request)
         self.submitted = time.monotonic()
         # In a copy of this context: Prefect's settings (the test server's URL) live there.
         self.reference = harness.references.submit(

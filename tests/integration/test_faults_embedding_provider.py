@@ -89,8 +89,8 @@ def test_bad_provider_still_indexes_every_document_and_honours_retry_after(
 def test_a_request_that_gave_up_still_holds_the_next_one_to_retry_after(openai_server):
     """Retries exhausted on a 429: the next request (a task retry, another batch) still
     waits for the Retry-After that the last answer gave."""
-    from ingestflow.errors import EmbedError
-    from ingestflow.settings import EmbeddingSettings
+    from ingestflow.core.errors import EmbedError
+    from ingestflow.core.settings import EmbeddingSettings
     from tasks.embedders.openai import OpenAIEmbedder
 
     openai_server.reset()

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from deployments.queue import IngestRequest, JobState
+from deployments.queue import JobRequest
+from ingestflow.core.types import JobState
 from tests.support.celery_worker import run_celery_worker, worker_env
 from tests.support.faults import clean_ingest, exact_state_problems, make_corpus, wait_for
 
@@ -70,7 +71,7 @@ def release_gate(fd: int, path: Path, text: str) -> None:
 
 def statuses_of(backend, jobs: list[str]) -> dict[str, JobState | None]:
     """Each job's state, or None while Redis does not answer."""
-    from ingestflow.errors import BackendUnavailableError
+    from ingestflow.core.errors import BackendUnavailableError
 
     try:
         infos = backend.status(jobs)
@@ -102,8 +103,8 @@ def test_jobs_survive_a_redis_restart(
 
     with run_celery_worker(env=env, log_dir=tmp_path) as worker:
         jobs = [
-            backend.submit_ingest(
-                IngestRequest(
+            backend.submit(
+                JobRequest.ingest(
                     tenant="default", collection=collection, sources=[str(p) for p in group]
                 )
             )

@@ -17,8 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from fastapi.testclient import TestClient
 
-from ingestflow.service import search
-from ingestflow.types import Chunk
+from ingestflow.core.types import Chunk
+from ingestflow.service.search import search
 from storage.chunks import RRF_K, DocumentChunks, replace_chunks
 from storage.collections import ensure_collection
 from storage.db import connection
@@ -191,7 +191,7 @@ def test_api_takes_the_mode_and_refuses_unknown_ones(embedder, collection):
 
 
 def test_an_unknown_mode_is_an_invalid_request():
-    from ingestflow.errors import InvalidRequestError
+    from ingestflow.core.errors import InvalidRequestError
 
     with pytest.raises(InvalidRequestError, match="unknown search mode 'bm25'"):
         search(PART_QUERY, mode="bm25")  # type: ignore[arg-type]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ingestflow.errors import CollectionMismatchError
-from ingestflow.types import DocumentStatus
+from ingestflow.core.errors import CollectionMismatchError
+from ingestflow.core.types import DocumentStatus
 from tests.support.db import chunk_rows, consistency_problems, document_rows
 
 INDEXED, UNCHANGED, FAILED = DocumentStatus.INDEXED, DocumentStatus.UNCHANGED, DocumentStatus.FAILED

@@ -20,8 +20,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingestflow.errors import BackendUnavailableError
-from ingestflow.types import DocumentStatus
+from ingestflow.core.errors import BackendUnavailableError
+from ingestflow.core.types import DocumentStatus
 from storage.db import connection
 from storage.metrics import STAGES
 from tests.support.db import document_rows

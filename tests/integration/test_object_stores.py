@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ingestflow.errors import ConfigError, SourceNotFoundError, TooLargeError, is_permanent
+from ingestflow.core.errors import ConfigError, SourceNotFoundError, TooLargeError, is_permanent
 from storage import objectstore
 from storage.objectstore import ObjectStore, store_for, write_async
 from storage.stores.local import TMP_PREFIX

@@ -15,8 +15,8 @@ import numpy as np
 import openai
 import pytest
 
-from ingestflow.errors import ConfigError, EmbedError, EmbedRequestRejected
-from ingestflow.settings import EmbeddingSettings
+from ingestflow.core.errors import ConfigError, EmbedError, EmbedRequestRejected
+from ingestflow.core.settings import EmbeddingSettings
 from tasks.embedders.openai import PLACEHOLDER_KEY, OpenAIEmbedder, retry_after_seconds
 from tests.support.openai_server import OpenAIServer, run_openai_server
 

@@ -12,8 +12,9 @@ import uuid
 import pytest
 
 from deployments.prefect_backend import PrefectBackend, flow_run_url
-from deployments.queue import DeleteRequest, IngestRequest, JobInfo, JobKind, JobState, Priority
-from ingestflow.errors import BackendUnavailableError
+from deployments.queue import JobInfo, JobRequest
+from ingestflow.core.errors import BackendUnavailableError
+from ingestflow.core.types import JobKind, JobState, Priority
 from tests.conftest import REPO
 from tests.support.db import document_rows, statuses
 from tests.support.processes import free_port
@@ -82,8 +83,8 @@ def _wait_final(backend: PrefectBackend, job_id: str, timeout: float = 180) -> J
     pytest.fail(f"job {job_id} did not finish in {timeout:.0f} s")
 
 
-def _ingest(collection: str, sources: list[str], **kw) -> IngestRequest:
-    return IngestRequest(tenant="default", collection=collection, sources=sources, **kw)
+def _ingest(collection: str, sources: list[str], **kw) -> JobRequest:
+    return JobRequest.ingest(tenant="default", collection=collection, sources=sources, **kw)
 
 
 def test_ingest_and_delete_jobs_run_to_completion(served, collection, tmp_path):
@@ -94,7 +95,7 @@ def test_ingest_and_delete_jobs_run_to_completion(served, collection, tmp_path):
         path.write_text(f"Note {i} for {collection}: submitted through the Prefect backend.")
         files.append(str(path))
 
-    job_id = backend.submit_ingest(_ingest(collection, files, priority=Priority.HIGH))
+    job_id = backend.submit(_ingest(collection, files, priority=Priority.HIGH))
     info = _wait_final(backend, job_id)
 
     assert info.state is JobState.COMPLETED, info.message
@@ -110,8 +111,8 @@ def test_ingest_and_delete_jobs_run_to_completion(served, collection, tmp_path):
 
     rows = document_rows(collection)
     doomed = next(r["id"] for uri, r in rows.items() if uri.endswith("/note-0.txt"))
-    delete = DeleteRequest(tenant="default", collection=collection, document_ids=[str(doomed)])
-    delete_info = _wait_final(backend, backend.submit_delete(delete))
+    delete = JobRequest.delete(tenant="default", collection=collection, document_ids=[str(doomed)])
+    delete_info = _wait_final(backend, backend.submit(delete))
     assert delete_info.state is JobState.COMPLETED and delete_info.kind is JobKind.DELETE
     assert statuses(collection) == {"note-0.txt": "deleted", "note-1.txt": "indexed"}
 
@@ -121,7 +122,7 @@ def test_cancel_of_a_running_job_stops_its_process(served, pipeline, collection,
     pipeline.configure(latency=30)  # every embedding request stalls: the run stays running
     note = tmp_path / "slow.txt"
     note.write_text(f"A slow note for {collection}: its embedding request stalls.")
-    job_id = backend.submit_ingest(_ingest(collection, [str(note)]))
+    job_id = backend.submit(_ingest(collection, [str(note)]))
     deadline = time.monotonic() + 180
     while backend.status([job_id])[job_id].state is not JobState.RUNNING:
         assert time.monotonic() < deadline, "the job never started"
@@ -136,9 +137,9 @@ def test_cancel_of_a_running_job_stops_its_process(served, pipeline, collection,
 def test_idempotency_key_returns_the_same_job(registered, collection):
     backend = registered
     key = f"upload-{uuid.uuid4()}"
-    first = backend.submit_ingest(_ingest(collection, ["/nowhere/a.txt"], idempotency_key=key))
-    again = backend.submit_ingest(_ingest(collection, ["/nowhere/a.txt"], idempotency_key=key))
-    other = backend.submit_ingest(_ingest(collection, ["/nowhere/a.txt"]))
+    first = backend.submit(_ingest(collection, ["/nowhere/a.txt"], idempotency_key=key))
+    again = backend.submit(_ingest(collection, ["/nowhere/a.txt"], idempotency_key=key))
+    other = backend.submit(_ingest(collection, ["/nowhere/a.txt"]))
     try:
         assert first == again
         assert other != first
@@ -150,7 +151,7 @@ def test_idempotency_key_returns_the_same_job(registered, collection):
 def test_cancel_of_a_scheduled_job_cancels_it_at_once(registered, collection):
     backend = registered
     before = backend.queue_depth()
-    job_id = backend.submit_ingest(_ingest(collection, ["/nowhere/b.txt"]))
+    job_id = backend.submit(_ingest(collection, ["/nowhere/b.txt"]))
     queued = backend.status([job_id])[job_id]
     assert queued.state is JobState.QUEUED
     assert backend.queue_depth() == before + 1
@@ -172,7 +173,7 @@ def test_unknown_ids_are_left_out(registered):
 
 
 def test_flow_run_url_points_at_the_ui(prefect_server, monkeypatch):
-    from ingestflow.settings import get_settings
+    from ingestflow.core.settings import get_settings
 
     ui = prefect_server.removesuffix("/api")
     assert flow_run_url("abc") == f"{ui}/runs/flow-run/abc"
@@ -191,7 +192,7 @@ def test_unreachable_server_is_backend_unavailable(monkeypatch, collection):
     backend = PrefectBackend()
 
     with pytest.raises(BackendUnavailableError) as caught:
-        backend.submit_ingest(_ingest(collection, ["/nowhere/c.txt"]))
+        backend.submit(_ingest(collection, ["/nowhere/c.txt"]))
     assert "unreachable" in caught.value.reason
     assert "hunter2" not in caught.value.reason and "ops" not in caught.value.reason
     with pytest.raises(BackendUnavailableError):

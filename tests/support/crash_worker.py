@@ -99,15 +99,15 @@ def arm(point: str, nth: int) -> None:
             _die(f"{point}:{nth}")
 
     if point == "upsert:in-transaction":
-        import storage.chunks
+        import storage.documents
 
-        mark = storage.chunks._mark_indexed  # called after the COPY, before the commit
+        mark = storage.documents.mark_indexed  # called after the COPY, before the commit
 
         def dying_mark(*args: Any, **kwargs: Any) -> None:
             reached()
             mark(*args, **kwargs)
 
-        storage.chunks._mark_indexed = dying_mark
+        storage.documents.mark_indexed = dying_mark
         return
     stage, when = point.split(":")
     noop = lambda: None  # noqa: E731
@@ -124,7 +124,7 @@ def zygote() -> int:
     ``Popen.returncode``: -9 for SIGKILL). One child at a time; EOF ends the zygote.
     """
     import flows  # noqa: F401 - imported before forking, which is the point
-    import ingestflow.progress  # noqa: F401
+    import ingestflow.core.progress  # noqa: F401
 
     for line in sys.stdin:
         request = json.loads(line)
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     sources = [s for s in args.sources.read_text(encoding="utf-8").splitlines() if s.strip()]
 
     from flows import ingest_batch
-    from ingestflow.progress import listen
+    from ingestflow.core.progress import listen
 
     if args.die_at:
         point, _, nth = args.die_at.rpartition(":")

@@ -331,7 +331,7 @@ def configure_store_env(target: StoreTarget) -> None:
 
 def reset_store_settings() -> None:
     """Make the next ``store_for`` read the environment again."""
-    from ingestflow.settings import get_settings
+    from ingestflow.core.settings import get_settings
 
     get_settings.cache_clear()
 

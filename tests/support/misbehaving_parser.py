@@ -24,14 +24,14 @@ import sys
 import time
 from collections.abc import Iterator
 
-from ingestflow.types import Segment
-from tasks.parsers.base import TEXT, ParseInput, get_parser, parser
+from ingestflow.core.types import Segment
+from tasks.parsers.base import TEXT, ParseInput, get_parser, parser, register_parser
 
 MIB = 1024 * 1024
 _real_text_parser = get_parser(TEXT)
 
 
-@parser(TEXT, label="text file", replace=True)
+@parser(TEXT, label="text file")
 def misbehaving_text(source: ParseInput) -> Iterator[Segment]:
     first, _, _ = source.path.read_text(errors="replace").partition("\n")
     order, _, argument = first.removeprefix("#!").partition(" ")
@@ -80,3 +80,6 @@ def _fill_memory() -> None:
     except MemoryError:
         pass
     hoard.clear()
+
+
+register_parser(misbehaving_text, replace=True)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from ingestflow.types import DocumentStatus, Segment
+from ingestflow.core.errors import ConfigError
+from ingestflow.core.settings import get_settings
+from ingestflow.core.types import DocumentStatus, Segment
 from tasks.chunk import chunk_documents, chunk_segments, content_hash, split_text
-from tasks.work import DocWork
+from tasks.config import ChunkingConfig, EmbeddingConfig, PipelineConfig
+from tasks.work import DocWork, StageContext
 
 # Atoms for random texts: words, every separator the splitter knows, CJK runs without spaces,
 # long words, and characters outside ASCII.
@@ -296,15 +299,28 @@ def test_chunk_documents_replaces_segments_with_chunks() -> None:
         _work([Segment("hello world", {"page": 1})]),
         _work(None, status=DocumentStatus.UNCHANGED),
     ]
-    done = chunk_documents(works, size=100, overlap=10)
+    done = chunk_documents(works, _ctx(ChunkingConfig(size=100, overlap=10)))
     assert done[0].segments is None
     assert [c.content for c in done[0].chunks or []] == ["hello world"]
     assert "chunk" in done[0].timings
     assert done[1] is works[1]
 
 
-def test_chunk_documents_fails_documents_on_bad_options() -> None:
-    make: Callable[[], DocWork] = lambda: _work([Segment("text")])  # noqa: E731
-    done = chunk_documents([make(), make()], size=10, overlap=10)
-    assert [w.status for w in done] == [DocumentStatus.FAILED] * 2
-    assert all("overlap" in (w.error or "") for w in done)
+def test_bad_chunk_options_are_refused_before_any_document(monkeypatch) -> None:
+    with pytest.raises(ValueError, match="overlap"):
+        ChunkingConfig(size=10, overlap=10)
+    monkeypatch.setenv("INGESTFLOW_CHUNK_SIZE", "100")
+    monkeypatch.setenv("INGESTFLOW_CHUNK_OVERLAP", "100")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(ConfigError, match="^INGESTFLOW_CHUNK_OVERLAP: chunk overlap"):
+            get_settings()
+    finally:
+        get_settings.cache_clear()
+
+
+def _ctx(chunking: ChunkingConfig) -> StageContext:
+    config = PipelineConfig(
+        chunking=chunking, embedding=EmbeddingConfig(provider="unused", model="unused")
+    )
+    return StageContext(collection_id=0, config=config, workdir=Path("."))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ingestflow.settings import EmbeddingSettings
-from ingestflow.types import Segment
+from ingestflow.core.settings import EmbeddingSettings
+from ingestflow.core.types import Segment
 from tasks.chunk import chunk_segments
 from tasks.embedders.local import LocalEmbedder
 

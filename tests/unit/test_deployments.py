@@ -37,7 +37,7 @@ def test_prefect_yaml_entrypoints_are_flows():
 
 
 def test_python_deployments_build(monkeypatch):
-    from ingestflow.settings import get_settings
+    from ingestflow.core.settings import get_settings
 
     monkeypatch.setenv("INGESTFLOW_SWEEP_URI", "s3://docs/inbox/")
     get_settings.cache_clear()
@@ -54,7 +54,7 @@ def test_python_deployments_build(monkeypatch):
 
 
 def test_sweep_deployment_needs_a_uri(monkeypatch):
-    from ingestflow.settings import get_settings
+    from ingestflow.core.settings import get_settings
 
     monkeypatch.delenv("INGESTFLOW_SWEEP_URI", raising=False)
     get_settings.cache_clear()

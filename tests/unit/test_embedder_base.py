@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from ingestflow.settings import EmbeddingSettings
+from ingestflow.core.settings import EmbeddingSettings
 from tasks.embedders.base import Embedder
 
 

@@ -8,8 +8,8 @@ from dataclasses import replace
 
 import pytest
 
-from ingestflow import errors
-from ingestflow.errors import (
+from ingestflow.core import errors
+from ingestflow.core.errors import (
     BackendUnavailableError,
     CollectionMismatchError,
     ConfigError,
@@ -27,7 +27,7 @@ from ingestflow.errors import (
     TooLargeError,
     UnsupportedTypeError,
 )
-from ingestflow.types import DocumentStatus
+from ingestflow.core.types import DocumentStatus
 from tasks.work import INTERNAL_ERROR, DocWork, error_code, per_document
 
 EXPECTED: dict[type[IngestError], str] = {
@@ -52,6 +52,13 @@ EXPECTED: dict[type[IngestError], str] = {
     errors.ParseTimeLimitError: "parse_time_limit",
     errors.ParseOutputLimitError: "parse_output_limit",
     errors.ParserCrashedError: "parser_crashed",
+    errors.CollectionNotFoundError: "collection_not_found",
+    errors.DocumentNotFoundError: "document_not_found",
+    errors.JobNotFoundError: "job_not_found",
+    errors.JobConflictError: "job_conflict",
+    errors.LimitExceededError: "limit_exceeded",
+    errors.RateLimitedError: "rate_limited",
+    errors.TooManyJobsError: "too_many_jobs",
 }
 
 

@@ -1,4 +1,4 @@
-"""Unit tests of ingestflow.errors: classification and pickling of every error class."""
+"""Unit tests of ingestflow.core.errors: classification and pickling of every error class."""
 
 from __future__ import annotations
 
@@ -7,10 +7,8 @@ import pickle
 
 import pytest
 
-from ingestflow import errors
-from ingestflow.errors import IngestError, is_permanent
-from storage.collections import CollectionNotFoundError
-from storage.documents import DocumentNotFoundError
+from ingestflow.core import errors
+from ingestflow.core.errors import IngestError, is_permanent
 
 PERMANENT = {
     errors.ConfigError,
@@ -29,8 +27,13 @@ PERMANENT = {
     errors.ParseTimeLimitError,
     errors.ParseOutputLimitError,
     errors.ParserCrashedError,
-    CollectionNotFoundError,
-    DocumentNotFoundError,
+    errors.CollectionNotFoundError,
+    errors.DocumentNotFoundError,
+    errors.JobNotFoundError,
+    errors.JobConflictError,
+    errors.LimitExceededError,
+    errors.RateLimitedError,
+    errors.TooManyJobsError,
 }
 TRANSIENT = {
     errors.IngestError,

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from ingestflow.evaluation import mrr_at_k, ndcg_at_k, recall_at_k, score
+from ingestflow.service.evaluation import mrr_at_k, ndcg_at_k, recall_at_k, score
 
 
 def test_ndcg_by_hand():

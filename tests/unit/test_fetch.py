@@ -4,24 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from ingestflow.errors import (
+from ingestflow.core.errors import (
     ConfigError,
     FetchError,
     SourceNotFoundError,
     TooLargeError,
     is_permanent,
 )
-from ingestflow.types import DocumentStatus
+from ingestflow.core.types import DocumentStatus
 from storage import objectstore
 from storage.objectstore import canonical_uri, local_path, scheme_of
 from storage.stores.local import LocalFileStore
+from tasks.config import EmbeddingConfig, PipelineConfig
 from tasks.fetch import fetch_documents, fetch_source, hash_documents, sha256_of
-from tasks.work import DocWork
+from tasks.work import DocWork, StageContext
 
 
 @pytest.fixture
@@ -188,9 +189,15 @@ class _FlakyStore:
 
 
 @pytest.fixture
-def flaky_scheme(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setitem(objectstore._stores, "flaky", _FlakyStore)
-    return "flaky"
+def flaky_scheme() -> Iterator[str]:
+    objectstore.STORES.register("flaky", objectstore.StoreKind(open=_FlakyStore))  # type: ignore[arg-type]
+    yield "flaky"
+    objectstore.STORES.unregister("flaky")
+
+
+def _ctx(dest: Path, max_bytes: int) -> StageContext:
+    config = PipelineConfig(embedding=EmbeddingConfig(provider="unused", model="unused"))
+    return StageContext(collection_id=0, config=config, workdir=dest, max_document_bytes=max_bytes)
 
 
 def test_fetch_documents_isolates_a_failing_document(tmp_path: Path, dest: Path) -> None:
@@ -198,7 +205,7 @@ def test_fetch_documents_isolates_a_failing_document(tmp_path: Path, dest: Path)
     other = _write(tmp_path / "other.txt", b"other")
     big = _write(tmp_path / "big.txt", b"x" * 200)
     works = [DocWork(source=str(s)) for s in (good, tmp_path / "missing.txt", other, big)]
-    out = fetch_documents(works, dest_dir=dest, max_bytes=100, final_attempt=False)
+    out = fetch_documents(works, _ctx(dest, 100), final_attempt=False)
     assert [w.status for w in out] == [
         DocumentStatus.PROCESSING,
         DocumentStatus.FAILED,
@@ -221,10 +228,10 @@ def test_fetch_documents_raises_transient_errors_until_the_final_attempt(
     good = _write(tmp_path / "good.txt", b"good")
     works = [DocWork(source=f"{flaky_scheme}://host/doc"), DocWork(source=str(good))]
     with pytest.raises(FetchError, match="connection reset"):
-        fetch_documents(works, dest_dir=dest, max_bytes=100, final_attempt=False)
+        fetch_documents(works, _ctx(dest, 100), final_attempt=False)
     for leftover in dest.iterdir():  # only the good document's copy may remain
         assert leftover.read_bytes() == b"good"
-    out = fetch_documents(works, dest_dir=dest, max_bytes=100, final_attempt=True)
+    out = fetch_documents(works, _ctx(dest, 100), final_attempt=True)
     assert out[0].status is DocumentStatus.FAILED
     assert out[0].error == "connection reset reading flaky://host/doc"
     assert out[1].fetched is not None and out[1].active
@@ -232,7 +239,7 @@ def test_fetch_documents_raises_transient_errors_until_the_final_attempt(
 
 def test_hash_documents_sets_the_digest(tmp_path: Path, dest: Path) -> None:
     works = [DocWork(source=str(_write(tmp_path / "a", b"abc")))]
-    fetched = fetch_documents(works, dest_dir=dest, max_bytes=100)
-    [hashed] = hash_documents(fetched)
+    fetched = fetch_documents(works, _ctx(dest, 100))
+    [hashed] = hash_documents(fetched, _ctx(dest, 100))
     assert hashed.sha256 == hashlib.sha256(b"abc").hexdigest()
     assert "hash" in hashed.timings

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ingestflow.errors import ConfigError
-from ingestflow.settings import EmbeddingSettings
+from ingestflow.core.errors import ConfigError
+from ingestflow.core.settings import EmbeddingSettings
 from tasks.embedders import local
 from tasks.embedders.local import LocalEmbedder
 
@@ -92,7 +92,7 @@ def test_count_tokens_matches_the_model_tokenizer(embedder: LocalEmbedder) -> No
 def test_count_tokens_does_not_import_torch() -> None:
     code = (
         "import sys\n"
-        "from ingestflow.settings import EmbeddingSettings\n"
+        "from ingestflow.core.settings import EmbeddingSettings\n"
         "from tasks.embedders.local import LocalEmbedder\n"
         "assert LocalEmbedder(None, EmbeddingSettings()).count_tokens('Hello, world!') == 4\n"
         "assert 'torch' not in sys.modules and 'sentence_transformers' not in sys.modules\n"

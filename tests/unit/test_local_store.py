@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ingestflow.errors import ConfigError, InvalidKeyError, TooLargeError, is_permanent
+from ingestflow.core.errors import ConfigError, InvalidKeyError, TooLargeError, is_permanent
 from storage.objectstore import store_for, write_async
 from storage.stores._common import Parts, block_slug
 from storage.stores.local import TMP_PREFIX, LocalFileStore, clean_key
@@ -214,7 +214,7 @@ def test_unknown_schemes_list_the_built_in_ones() -> None:
 
 
 def test_cloud_stores_are_reused_per_settings_snapshot() -> None:
-    from ingestflow.settings import get_settings
+    from ingestflow.core.settings import get_settings
 
     get_settings.cache_clear()
     for uri in ("s3://b/k", "gs://b/k", "az://c/k"):

@@ -16,7 +16,7 @@ from api.multipart import (
     iter_parts,
     safe_filename,
 )
-from ingestflow.errors import InvalidRequestError, is_permanent
+from ingestflow.core.errors import InvalidRequestError, is_permanent
 
 BOUNDARY = "----ingestflowTestBoundary7MA4YWxk"
 CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"

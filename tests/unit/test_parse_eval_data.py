@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from ingestflow.errors import EncryptedDocumentError, IngestError
-from ingestflow.types import ParsedDocument
+from ingestflow.core.errors import EncryptedDocumentError, IngestError
+from ingestflow.core.types import ParsedDocument
 from tasks.parsers import parse_file
 
 EVAL = Path(__file__).resolve().parents[2].parent / "shared" / "eval-data"

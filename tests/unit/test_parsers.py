@@ -18,14 +18,14 @@ from pptx import Presentation
 from pptx.util import Inches
 from pypdf import PageObject, PasswordType, PdfReader, PdfWriter
 
-from ingestflow.errors import (
+from ingestflow.core.errors import (
     EmptyDocumentError,
     EncryptedDocumentError,
     IngestError,
     ParseError,
     UnsupportedTypeError,
 )
-from ingestflow.types import Segment
+from ingestflow.core.types import Segment
 from tasks.parsers import (
     FunctionParser,
     ParseInput,
@@ -655,7 +655,7 @@ def test_detection_table(tmp_path):
 @pytest.fixture
 def scratch_registry(monkeypatch):
     """A copy of the registry for the test, so plugins registered here do not leak."""
-    monkeypatch.setattr(base, "_registry", dict(base._registry))
+    monkeypatch.setattr(base, "_by_type", dict(base._index()))
 
 
 def test_builtin_media_types_are_registered():

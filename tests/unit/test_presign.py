@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from ingestflow.errors import ConfigError
+from ingestflow.core.errors import ConfigError
 from storage.presign import presign_put
 
 ENDPOINT = "http://127.0.0.1:9"  # never contacted
@@ -16,7 +16,7 @@ ENDPOINT = "http://127.0.0.1:9"  # never contacted
 
 @pytest.fixture
 def s3_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    from ingestflow.settings import get_settings
+    from ingestflow.core.settings import get_settings
 
     for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "INGESTFLOW_STORE_S3_BLOCK"):
         monkeypatch.delenv(var, raising=False)
@@ -62,7 +62,7 @@ def test_bad_requests_are_config_errors(s3_env: None, uri: str, expires: int, me
 
 
 def test_no_credentials_names_what_to_set(s3_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ingestflow.settings import get_settings
+    from ingestflow.core.settings import get_settings
 
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ingestflow.errors import (
+from ingestflow.core.errors import (
     ConfigError,
     ParseError,
     ParseMemoryLimitError,
@@ -24,7 +24,8 @@ from ingestflow.errors import (
     UnsupportedTypeError,
     is_permanent,
 )
-from ingestflow.types import DocumentStatus, FetchedSource
+from ingestflow.core.settings import get_settings
+from ingestflow.core.types import DocumentStatus, FetchedSource
 from tasks.parse import parse_documents
 from tasks.parsers import parse_file
 from tasks.sandbox import MIB, ParseLimits, ParseSandbox, parse_in_process
@@ -214,7 +215,7 @@ def test_isolation_none_parses_in_process(tmp_path):
     assert document.segments[0].text.startswith("an ordinary")
 
 
-def test_limits_from_the_environment():
+def test_limits_from_the_environment(monkeypatch):
     env = {
         "INGESTFLOW_PARSE_MEMORY_MB": "1536",
         "INGESTFLOW_PARSE_CPU_SECONDS": "30",
@@ -224,7 +225,7 @@ def test_limits_from_the_environment():
         "INGESTFLOW_PARSE_PRELOAD": "a.b, c",
     }
 
-    got = ParseLimits.from_env(env)
+    got = _limits_from(env, monkeypatch)
 
     assert got == ParseLimits(
         memory_bytes=1536 * MIB,
@@ -235,7 +236,7 @@ def test_limits_from_the_environment():
         preload=("a.b", "c"),
     )
     assert got.memory_text() == "1536 MiB"
-    assert ParseLimits.from_env({}) == ParseLimits()
+    assert _limits_from({}, monkeypatch) == ParseLimits()
     assert ParseLimits().memory_text() == "2 GiB"
 
 
@@ -249,9 +250,22 @@ def test_limits_from_the_environment():
         ("INGESTFLOW_PARSE_ISOLATION", "thread"),
     ],
 )
-def test_bad_limits_are_a_config_error(name, value):
+def test_bad_limits_are_a_config_error(name, value, monkeypatch):
     with pytest.raises(ConfigError, match=name):
-        ParseLimits.from_env({name: value})
+        _limits_from({name: value}, monkeypatch)
+
+
+def _limits_from(env: dict[str, str], monkeypatch) -> ParseLimits:
+    for name in list(os.environ):
+        if name.startswith("INGESTFLOW_PARSE_"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        return ParseLimits.from_settings(get_settings().parse)
+    finally:
+        get_settings.cache_clear()
 
 
 def _alive(pid: int) -> bool:

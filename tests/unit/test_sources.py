@@ -1,4 +1,4 @@
-"""Unit tests of ingestflow.sources.expand_sources on a generated folder tree."""
+"""Unit tests of ingestflow.service.ingest.expand_sources on a generated folder tree."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ingestflow.sources import expand_sources
+from ingestflow.service.ingest import expand_sources
 
 
 @pytest.fixture

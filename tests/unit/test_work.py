@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import tasks.work as work_module
-from ingestflow.errors import FetchError, IngestError, ParseError, StoreError, TooLargeError
-from ingestflow.types import Chunk, DocumentStatus, FetchedSource, Segment
+from ingestflow.core.errors import FetchError, IngestError, ParseError, StoreError, TooLargeError
+from ingestflow.core.types import Chunk, DocumentStatus, FetchedSource, Segment
 from tasks.work import DocWork, describe_error, per_document, split_password
 
 
@@ -205,7 +205,7 @@ def test_outcome_prefers_the_canonical_uri_and_counts_chunks(tmp_path: Path) -> 
 
 
 def test_result_counts_by_enum_or_value():
-    from ingestflow.types import DocumentOutcome, IngestResult
+    from ingestflow.core.types import DocumentOutcome, IngestResult
 
     result = IngestResult(
         "c",

@@ -10,7 +10,8 @@ from typing import Annotated
 
 import typer
 
-from ingestflow.cli_support import console, err, one_line_errors
+from ingestflow.cli.support import console, err, one_line_errors
+from ingestflow.service import stores
 
 storage_app = typer.Typer(
     help="Object stores: register a bucket, list a prefix, presign an upload.",
@@ -37,9 +38,7 @@ def add(
     AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), GOOGLE_APPLICATION_CREDENTIALS (a service-account
     key file), AZURE_STORAGE_CONNECTION_STRING. It is saved only if the listing works.
     """
-    from ingestflow.service import add_storage
-
-    reg = add_storage(name, uri, endpoint_url=endpoint_url, region=region, replace=replace)
+    reg = stores.add_storage(name, uri, endpoint_url=endpoint_url, region=region, replace=replace)
     if reg.block is None:
         console.print(f"no credentials block needed: {reg.source}", markup=False)
     elif reg.saved:
@@ -59,10 +58,8 @@ def ls(
     limit: Annotated[int, typer.Option(min=1, help="Most objects to show.")] = 100,
 ) -> None:
     """List objects under URI: uri, size in bytes, modified time (UTC), tab-separated."""
-    from ingestflow.service import list_storage
-
     shown = 0
-    for info in list_storage(uri, limit=limit + 1):
+    for info in stores.list_storage(uri, limit=limit + 1):
         if shown == limit:
             err.print(f"(stopped at --limit {limit}; more objects follow)", markup=False)
             break
@@ -83,6 +80,4 @@ def presign(
 
     Upload with e.g. `curl -T report.pdf "$URL"`; the next sweep of the prefix ingests it.
     """
-    from ingestflow.service import presign_upload
-
-    typer.echo(presign_upload(uri, expires=expires))
+    typer.echo(stores.presign_upload(uri, expires=expires))

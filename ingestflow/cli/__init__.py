@@ -1,21 +1,31 @@
-"""The ``ingestflow`` command line: a thin adapter over ``ingestflow.service``."""
+"""The ``ingestflow`` command line: a thin adapter over ``ingestflow.service`` (``up`` and
+``deploy`` start the deployments layer itself).
+
+A command imports the service module it calls in its own body: those import Prefect (about a
+second here), which ``ingestflow --help`` or ``ingestflow keys list`` should not wait for.
+"""
 
 from __future__ import annotations
 
-import enum
 import json
 import os
+import uuid
 import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn
+from rich.progress import Progress as ProgressBar
 from rich.table import Table
 
-from ingestflow.cli_support import console, err, one_line_errors
-from ingestflow.keys_cli import keys_app
-from ingestflow.storage_cli import storage_app
-from ingestflow.up_cli import UP_HELP, up
+from ingestflow.cli.keys import keys_app
+from ingestflow.cli.storage import storage_app
+from ingestflow.cli.support import console, err, one_line_errors
+from ingestflow.cli.up import UP_HELP, up
+from ingestflow.core import progress
+from ingestflow.core.types import DocumentStatus, SearchMode
+from ingestflow.service import runtime
 
 app = typer.Typer(help="Document ingestion for RAG on Prefect and pgvector.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -27,9 +37,18 @@ app.add_typer(keys_app, name="keys")
 app.command(help=UP_HELP)(up)
 
 
-class SearchMode(enum.StrEnum):
-    VECTOR = "vector"
-    HYBRID = "hybrid"
+# What each command needs set up first: the database schema, the Prefect server, or both.
+_SETUP: dict[str, tuple[bool, bool]] = {
+    "ingest": (True, True),
+    "sweep": (True, True),
+    "requeue": (True, True),
+    "eval": (True, True),
+    "search": (True, False),
+    "status": (True, False),
+    "keys": (True, False),
+    "deploy": (False, True),
+    "storage": (False, True),  # a store's credentials may be a Prefect block
+}
 
 
 _MODE_HELP = (
@@ -40,12 +59,16 @@ _MODE_HELP = (
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
 ) -> None:
     """Quiet by default: the summary is the output; Prefect's run logs stay in its UI."""
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    schema, prefect = _SETUP.get(ctx.invoked_subcommand or "", (False, False))
+    if schema or prefect:
+        one_line_errors(runtime.prepare)(schema=schema, prefect=prefect)
 
 
 @app.command()
@@ -63,21 +86,17 @@ def ingest(
     ] = None,
 ) -> None:
     """Ingest documents through the Prefect ingest flow and summarise the outcome."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    from ingestflow import progress as ingest_progress
-    from ingestflow.service import ingest as run_ingest
-    from ingestflow.types import DocumentStatus
+    from ingestflow.service.ingest import ingest as run_ingest
 
     meta = _json_object(metadata) if metadata else None
     columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err, transient=True) as bar:
+    with ProgressBar(*columns, console=err, transient=True) as bar:
         task_id = bar.add_task("ingesting", total=None)
 
-        def update(p: ingest_progress.Progress) -> None:
+        def update(p: progress.Progress) -> None:
             bar.update(task_id, total=p.total, completed=p.done)
 
-        with ingest_progress.listen(update):
+        with progress.listen(update):
             result = run_ingest(
                 paths, collection=collection, metadata=meta, force=force, password=password
             )
@@ -100,7 +119,7 @@ def sweep(
     ] = 0.2,
 ) -> None:
     """Sweep URI once: ingest new and changed objects, retire deleted ones."""
-    from ingestflow.service import sweep as run_sweep
+    from ingestflow.service.ingest import sweep as run_sweep
 
     report = run_sweep(
         uri, collection=collection, prune=prune, max_delete_fraction=max_delete_fraction
@@ -124,21 +143,21 @@ def search(
     filter: Annotated[
         str | None, typer.Option(help="JSON object the metadata must contain.")
     ] = None,
-    mode: Annotated[SearchMode, typer.Option(help=_MODE_HELP)] = SearchMode.VECTOR,
+    mode: Annotated[SearchMode, typer.Option(help=_MODE_HELP)] = "vector",
 ) -> None:
     """Show the chunks that best answer QUERY, with source, provenance and score."""
-    from ingestflow.service import search as run_search
+    from ingestflow.service.search import search as run_search
 
     hits = run_search(
         query,
         collection=collection,
         k=k,
         filter=_json_object(filter) if filter else None,
-        mode=mode.value,
+        mode=mode,
     )
     if not hits:
         console.print("no results")
-    places = 4 if mode is SearchMode.HYBRID else 3  # fused scores are small: at most 2/61
+    places = 4 if mode == "hybrid" else 3  # fused scores are small: at most 2/61
     for rank, hit in enumerate(hits, 1):
         where = ", ".join(f"{k}={v}" for k, v in hit.provenance.items())
         score = f"{hit.score:.{places}f}"
@@ -151,7 +170,7 @@ def search(
 @one_line_errors
 def status(collection: Annotated[str | None, typer.Option("--collection", "-c")] = None) -> None:
     """Documents by status, and recent failures."""
-    from ingestflow.service import status as run_status
+    from ingestflow.service.documents import status as run_status
 
     report = run_status(collection=collection)
     table = Table("status", "documents")
@@ -174,15 +193,9 @@ def requeue(
 ) -> None:
     """Submit again the documents that wait for nothing: queued while the queue backend was
     down, or left behind by a job that died."""
-    from deployments.submit import requeue_waiting
-    from ingestflow.prefect_env import use_running_server
-    from ingestflow.settings import get_settings
-    from storage.migrate import ensure_schema
+    from ingestflow.service import jobs
 
-    use_running_server()
-    ensure_schema()
-    seconds = idle if idle is not None else get_settings().queue.stuck_after_seconds
-    report = requeue_waiting(idle_seconds=seconds)
+    report = jobs.requeue_waiting(idle_seconds=idle)
     console.print(
         f"re-queued {report.resubmitted} of {report.examined} waiting document(s)"
         f" in {len(report.jobs)} job(s)"
@@ -196,9 +209,7 @@ def deploy() -> None:
     normal and low queues if missing); then run `prefect worker start --pool
     ingestflow-process` on any machine."""
     from deployments.definitions import WORK_POOL, deploy_to_work_pool
-    from ingestflow.prefect_env import use_running_server
 
-    use_running_server()
     ids = deploy_to_work_pool()
     console.print(f"{len(ids)} deployment(s) on work pool {WORK_POOL!r}")
 
@@ -207,11 +218,9 @@ def deploy() -> None:
 @one_line_errors
 def db_upgrade() -> None:
     """Apply pending schema migrations."""
-    from storage.migrate import current_version, upgrade
-
-    applied = upgrade()
+    applied, version = runtime.upgrade_schema()
     names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "nothing to apply"
-    console.print(f"schema at version {current_version()} ({names})")
+    console.print(f"schema at version {version} ({names})")
 
 
 @eval_app.command("beir")
@@ -223,22 +232,22 @@ def eval_beir(
     one_chunk_per_doc: Annotated[
         bool, typer.Option(help="Index each document whole (the MTEB setting).")
     ] = False,
-    mode: Annotated[SearchMode, typer.Option(help=_MODE_HELP)] = SearchMode.VECTOR,
+    mode: Annotated[SearchMode, typer.Option(help=_MODE_HELP)] = "vector",
 ) -> None:
     """Ingest a BEIR dataset and print nDCG@10, recall@100 and MRR@10 of its test queries."""
-    import uuid
-
-    if one_chunk_per_doc:
-        # Bigger than any document; the model itself truncates at 256 tokens, as in MTEB.
-        os.environ["INGESTFLOW_CHUNK_SIZE"] = "1000000"
-        os.environ["INGESTFLOW_CHUNK_OVERLAP"] = "0"
-    from ingestflow.evaluation import run_beir
+    from ingestflow.service import evaluation
 
     name = collection or f"beir-{path.name}-{uuid.uuid4().hex[:8]}"
-    scores, docs = run_beir(path, collection=name, small=small, mode=mode.value)
+    scores, docs = evaluation.run_beir(
+        path,
+        collection=name,
+        small=small,
+        mode=mode,
+        chunking=evaluation.ONE_CHUNK_PER_DOCUMENT if one_chunk_per_doc else None,
+    )
     console.print(
         f"{path.name}: {docs} documents, {scores.queries} queries, collection {name!r},"
-        f" {mode.value} search\n"
+        f" {mode} search\n"
         f"nDCG@10 {scores.ndcg_at_10:.4f}  recall@100 {scores.recall_at_100:.4f}"
         f"  MRR@10 {scores.mrr_at_10:.4f}",
         markup=False,

@@ -1,18 +1,30 @@
 """Settings, one class per concern, read from the environment when first asked for.
 
 Nothing is read at import time: ``get_settings()`` builds the settings once and caches them;
-``get_settings.cache_clear()`` makes the next call read the environment again.
+``get_settings.cache_clear()`` makes the next call read the environment again. A value that
+does not validate is a ``ConfigError`` naming its variable.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from platformdirs import user_data_dir
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ingestflow.core.errors import ConfigError
+
+S = TypeVar("S", bound=BaseSettings)
 
 
 class DatabaseSettings(BaseSettings):
@@ -58,6 +70,14 @@ class IngestSettings(BaseSettings):
         pattern=r"^[1-9][0-9]*(kB|MB|GB)$",
         description="maintenance_work_mem for building a vector index.",
     )
+
+    @field_validator("chunk_overlap")
+    @classmethod
+    def _overlap_below_size(cls, overlap: int, info: ValidationInfo) -> int:
+        size = info.data.get("chunk_size")
+        if size is not None and overlap >= size:
+            raise ValueError(f"chunk overlap ({overlap}) must be smaller than chunk size ({size})")
+        return overlap
 
 
 class EmbeddingSettings(BaseSettings):
@@ -136,7 +156,8 @@ class QueueSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="INGESTFLOW_QUEUE_", extra="ignore")
 
-    backend: Literal["prefect", "celery"] = Field(
+    # Any registered backend (``ingestflow.queue_backends`` entry points): checked when used.
+    backend: str = Field(
         default="prefect",
         validation_alias=AliasChoices("QUEUE_BACKEND", "INGESTFLOW_QUEUE_BACKEND"),
     )
@@ -154,6 +175,44 @@ class QueueSettings(BaseSettings):
         gt=0,
         description="A queued or processing document whose job ended this long ago is re-queued.",
     )
+
+
+class CelerySettings(BaseSettings):
+    """Celery-only knobs; the Redis URL itself is ``REDIS_URL`` (``QueueSettings``)."""
+
+    model_config = SettingsConfigDict(env_prefix="INGESTFLOW_CELERY_", extra="ignore")
+
+    visibility_timeout: int = Field(
+        default=3 * 3600,
+        gt=0,
+        description="Seconds before an unacknowledged job (its worker died) is re-queued;"
+        " must exceed the longest job.",
+    )
+
+
+class ParseSettings(BaseSettings):
+    """Limits of the parser worker processes, per document (see ``tasks.sandbox``)."""
+
+    model_config = SettingsConfigDict(env_prefix="INGESTFLOW_PARSE_", extra="ignore")
+
+    memory_mb: float = Field(default=2048, gt=0, allow_inf_nan=False)
+    cpu_seconds: float = Field(default=120, gt=0, allow_inf_nan=False)
+    timeout_seconds: float = Field(default=300.0, gt=0, allow_inf_nan=False)
+    max_chars: float = Field(default=50_000_000, gt=0, allow_inf_nan=False)
+    # Long-lived parser processes may leak (caches in the libraries); a fresh one is cheap.
+    jobs_per_worker: float = Field(default=500, gt=0, allow_inf_nan=False)
+    isolation: Literal["process", "none"] = "process"
+    # Comma-separated modules each worker imports, e.g. ones registering parser plugins.
+    preload: str = ""
+
+    @field_validator("isolation", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @property
+    def preload_modules(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in self.preload.split(",") if name.strip())
 
 
 class ApiSettings(BaseSettings):
@@ -205,15 +264,39 @@ class Settings:
     """The settings of every concern, built on first access."""
 
     def __init__(self) -> None:
-        self.database = DatabaseSettings()
-        self.ingest = IngestSettings()
-        self.embedding = EmbeddingSettings()
-        self.store = StoreSettings()
-        self.sweep = SweepSettings()
-        self.queue = QueueSettings()
-        self.api = ApiSettings()
+        self.database = _build(DatabaseSettings)
+        self.ingest = _build(IngestSettings)
+        self.embedding = _build(EmbeddingSettings)
+        self.store = _build(StoreSettings)
+        self.sweep = _build(SweepSettings)
+        self.queue = _build(QueueSettings)
+        self.celery = _build(CelerySettings)
+        self.parse = _build(ParseSettings)
+        self.api = _build(ApiSettings)
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def _build(cls: type[S]) -> S:
+    """``cls()`` from the environment; an invalid value is a ``ConfigError`` that names its
+    variable and what is wrong, never the value (it may be a secret)."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else ""
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{_variable(cls, name)}: {message}") from None
+
+
+def _variable(cls: type[BaseSettings], field: str) -> str:
+    """The environment variable a field is read from (its first alias, else prefix + name)."""
+    info = cls.model_fields.get(field)
+    alias = info.validation_alias if info else None
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    return (prefix + field).upper()

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ingestflow.errors import IngestError
+from ingestflow.core.errors import IngestError
 
 # soft_wrap: long paths and reasons stay on one line when output goes to a file or a pipe.
 console = Console(soft_wrap=True)

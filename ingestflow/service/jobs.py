@@ -7,26 +7,28 @@ is stored, so the two cannot drift.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from deployments.queue import JobInfo, JobKind, JobState, Priority, get_backend
-from ingestflow.errors import BackendUnavailableError, IngestError
-from storage.job_documents import JobDocuments
+from deployments.prefect_server import flow_run_url
+from deployments.queue import JobInfo, get_backend
+from deployments.submit import RequeueReport, submit_delete, submit_ingest
+from deployments.submit import requeue_waiting as requeue_orphans
+from ingestflow.core.errors import (
+    BackendUnavailableError,
+    JobConflictError,
+    JobNotFoundError,
+    TooManyJobsError,
+)
+from ingestflow.core.settings import get_settings
+from ingestflow.core.types import JobKind, JobState, Priority
+from storage.db import connection, transaction
+from storage.documents import fail_unfinished, requeue_documents
+from storage.job_documents import JobDocuments, count_active_jobs, job_documents, list_job_rows
 
 _DONE = ("indexed", "unchanged", "deleted")
 _UNFINISHED = ("queued", "processing")
-
-
-class JobNotFoundError(IngestError):
-    permanent = True
-
-
-class JobConflictError(IngestError):
-    """The job is in a state where the request makes no sense (retrying a running job)."""
-
-    permanent = True
 
 
 @dataclass(frozen=True)
@@ -64,8 +66,6 @@ class JobView:
         )
 
     def as_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
         return asdict(self)
 
 
@@ -93,9 +93,6 @@ def list_jobs(
 
     Filters on state and kind apply to each page, so a page may hold fewer than ``limit``.
     """
-    from storage.db import connection
-    from storage.job_documents import job_documents, list_job_rows
-
     with connection() as conn:
         rows = list_job_rows(conn, tenant=tenant, collection=collection, limit=limit, before=before)
         docs = {r.job_id: job_documents(conn, job_id=r.job_id, tenant=tenant) for r in rows}
@@ -114,9 +111,6 @@ def list_jobs(
 def cancel_job(job_id: str, *, tenant: str) -> JobView:
     """Stop the job; its documents not yet done end ``failed`` with code ``cancelled`` (old
     chunks kept) so nothing re-queues them. ``retry`` runs them again."""
-    from storage.db import transaction
-    from storage.job_documents import fail_unfinished
-
     _documents(job_id, tenant)  # 404 unless the job is this tenant's
     info = get_backend().cancel(job_id)
     with transaction() as conn:
@@ -127,10 +121,6 @@ def cancel_job(job_id: str, *, tenant: str) -> JobView:
 def retry_job(job_id: str, *, tenant: str, priority: Priority = Priority.NORMAL) -> JobView:
     """A new job for the documents this job did not finish (failed, cancelled, or left
     behind by a crash). Returns the new job."""
-    from deployments.submit import submit_delete, submit_ingest
-    from storage.db import transaction
-    from storage.job_documents import requeue_documents
-
     job = _documents(job_id, tenant)
     info = _backend_info([job_id]).get(job_id)
     if info is not None and not info.state.terminal:
@@ -158,10 +148,42 @@ def retry_job(job_id: str, *, tenant: str, priority: Priority = Priority.NORMAL)
     return get_job(new_id, tenant=tenant)
 
 
-def _documents(job_id: str, tenant: str) -> JobDocuments:
-    from storage.db import connection
-    from storage.job_documents import job_documents
+# When a tenant at its job limit may look again; jobs take seconds to minutes.
+JOBS_RETRY_AFTER_SECONDS = 10
 
+
+def check_job_limit(tenant: str) -> None:
+    """``TooManyJobsError`` when the tenant already has ``max_active_jobs_per_tenant`` ingest
+    jobs queued or running (a job with documents still ``queued`` or ``processing``).
+
+    Called before a submission reads anything, so a refused one stores nothing. It is a
+    soft bound: submissions racing at the limit may each see room and pass. Delete jobs are
+    not counted: their documents are not queued, and a tenant at the limit must still be
+    able to delete.
+    """
+    limit = get_settings().api.max_active_jobs_per_tenant
+    if limit <= 0:
+        return
+    with connection() as conn:
+        active = count_active_jobs(conn, tenant=tenant)
+    if active >= limit:
+        raise TooManyJobsError(
+            f"the tenant has {active} jobs queued or running, the most allowed is {limit};"
+            " wait for some to finish",
+            JOBS_RETRY_AFTER_SECONDS,
+        )
+
+
+def requeue_waiting(*, idle_seconds: float | None = None) -> RequeueReport:
+    """Submit again the documents idle for ``idle_seconds`` (default
+    ``INGESTFLOW_QUEUE_STUCK_AFTER_SECONDS``) that wait for nothing: queued while the queue
+    backend was down, or left behind by a job that died."""
+    if idle_seconds is None:
+        idle_seconds = get_settings().queue.stuck_after_seconds
+    return requeue_orphans(idle_seconds=idle_seconds)
+
+
+def _documents(job_id: str, tenant: str) -> JobDocuments:
     with connection() as conn:
         job = job_documents(conn, job_id=job_id, tenant=tenant)
     if job is None:
@@ -200,14 +222,8 @@ def _view(job_id: str, job: JobDocuments, info: JobInfo | None) -> JobView:
         started_at=info.started_at if info else None,
         finished_at=info.finished_at if info else None,
         flow_run_id=flow_run_id,
-        flow_run_url=_flow_run_url(flow_run_id),
+        # Celery jobs run Prefect flows too, so both backends link to the Prefect UI.
+        flow_run_url=flow_run_url(flow_run_id),
         message=info.message if info else "the queue backend did not report this job",
         document_ids=[d.id for d in docs],
     )
-
-
-def _flow_run_url(flow_run_id: str | None) -> str | None:
-    # Celery jobs run Prefect flows too, so both backends link to the Prefect UI.
-    from deployments.prefect_backend import flow_run_url
-
-    return flow_run_url(flow_run_id)

@@ -1,7 +1,7 @@
-"""Shared value types: what flows between the ingest steps.
+"""Shared value types: what flows between the ingest steps, and the words of jobs and search.
 
-These are plain, picklable dataclasses so they can cross process boundaries (Prefect task
-results, Celery payloads) without surprises.
+These are plain, picklable dataclasses and enums so they can cross process boundaries
+(Prefect task results, Celery payloads) without surprises.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 
 class DocumentStatus(enum.StrEnum):
@@ -21,6 +21,34 @@ class DocumentStatus(enum.StrEnum):
     UNCHANGED = "unchanged"
     FAILED = "failed"
     DELETED = "deleted"
+
+
+SearchMode = Literal["vector", "hybrid"]
+
+
+class Priority(enum.StrEnum):
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
+class JobKind(enum.StrEnum):
+    INGEST = "ingest"
+    DELETE = "delete"
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
 
 
 @dataclass(frozen=True)

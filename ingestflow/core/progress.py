@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from ingestflow.types import DocumentOutcome
+from ingestflow.core.types import DocumentOutcome
 
 
 @dataclass(frozen=True)

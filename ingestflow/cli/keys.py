@@ -9,8 +9,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
-from ingestflow.cli_support import console, err, one_line_errors
+from ingestflow.cli.support import console, err, one_line_errors
+from ingestflow.service import keys
 
 keys_app = typer.Typer(
     help="API keys for the HTTP API, each bound to a tenant.", no_args_is_help=True
@@ -24,13 +26,7 @@ def create(
     name: Annotated[str, typer.Option("--name", "-n", help="A label, e.g. who uses it.")] = "",
 ) -> None:
     """Create a key and print it once: store it now, it cannot be shown again."""
-    from storage.api_keys import create_key
-    from storage.db import connection
-    from storage.migrate import ensure_schema
-
-    ensure_schema()
-    with connection() as conn:
-        new = create_key(conn, tenant=tenant, name=name)
+    new = keys.create_key(tenant=tenant, name=name)
     err.print(f"created key {new.record.id} for tenant {tenant!r}; it is shown only once:")
     console.print(new.secret, markup=False, highlight=False)
 
@@ -39,13 +35,7 @@ def create(
 @one_line_errors
 def revoke(key_id: Annotated[int, typer.Argument(help="The key's id (see `keys list`).")]) -> None:
     """Revoke a key; requests with it get 401 from then on."""
-    from storage.api_keys import revoke_key
-    from storage.db import connection
-    from storage.migrate import ensure_schema
-
-    ensure_schema()
-    with connection() as conn:
-        record = revoke_key(conn, key_id=key_id)
+    record = keys.revoke_key(key_id)
     if record is None:
         raise ValueError(f"no key has id {key_id}")
     console.print(f"revoked key {record.id} (tenant {record.tenant!r})", markup=False)
@@ -59,17 +49,8 @@ def list_(
     ] = None,
 ) -> None:
     """The keys: id, tenant, name, created, revoked. Never the keys themselves."""
-    from rich.table import Table
-
-    from storage.api_keys import list_keys
-    from storage.db import connection
-    from storage.migrate import ensure_schema
-
-    ensure_schema()
-    with connection() as conn:
-        keys = list_keys(conn, tenant=tenant)
     table = Table("id", "tenant", "name", "created", "revoked")
-    for k in keys:
+    for k in keys.list_keys(tenant=tenant):
         revoked = k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else ""
         created = k.created_at.isoformat(timespec="seconds")
         table.add_row(str(k.id), k.tenant, k.name, created, revoked)

@@ -137,9 +137,52 @@ class InvalidRequestError(IngestError, ValueError):
     permanent = True
 
 
-def is_permanent(exc: BaseException) -> bool:
-    """True for errors that a retry cannot fix."""
-    return isinstance(exc, IngestError) and exc.permanent
+class CollectionNotFoundError(IngestError):
+    code = "collection_not_found"
+    permanent = True
+
+
+class DocumentNotFoundError(IngestError):
+    code = "document_not_found"
+    permanent = True
+
+
+class JobNotFoundError(IngestError):
+    code = "job_not_found"
+    permanent = True
+
+
+class JobConflictError(IngestError):
+    """The job is in a state where the request makes no sense (retrying a running job)."""
+
+    code = "job_conflict"
+    permanent = True
+
+
+class LimitExceededError(IngestError):
+    """A caller went over one of its limits; it may try again in ``retry_after`` seconds."""
+
+    code = "limit_exceeded"
+    permanent = True
+
+    def __init__(self, reason: str, retry_after: int = 1) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+    def __reduce__(self):  # keep the wait across process boundaries too
+        return (type(self), (self.reason, self.retry_after))
+
+
+class RateLimitedError(LimitExceededError):
+    """An API key spent its request rate."""
+
+    code = "rate_limited"
+
+
+class TooManyJobsError(LimitExceededError):
+    """A tenant has as many ingest jobs queued or running as it may."""
+
+    code = "too_many_jobs"
 
 
 class BackendUnavailableError(IngestError):
@@ -149,3 +192,8 @@ class BackendUnavailableError(IngestError):
     """
 
     code = "backend_unavailable"
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """True for errors that a retry cannot fix."""
+    return isinstance(exc, IngestError) and exc.permanent

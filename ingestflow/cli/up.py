@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
+from platformdirs import user_data_dir
+from rich.markup import escape
 
-from ingestflow.cli_support import console, err, one_line_errors
-
-if TYPE_CHECKING:
-    from deployments.local_stack import LocalStack
-
-
-class Backend(enum.StrEnum):
-    PREFECT = "prefect"
-    CELERY = "celery"
-
-
-class Runner(enum.StrEnum):
-    SERVE = "serve"
-    WORKER = "worker"
-
+from deployments.local_stack import LocalStack, Runner, StackOptions, StackStopped, run_stack
+from ingestflow.cli.support import console, err, one_line_errors
+from ingestflow.core.settings import get_settings
 
 # One line per paragraph: typer keeps the line breaks of a docstring's later paragraphs.
 UP_HELP = (
@@ -44,8 +33,11 @@ def up(
         int, typer.Option(help="Port of the Prefect server and UI, if `up` starts one.")
     ] = 4200,
     backend: Annotated[
-        Backend | None,
-        typer.Option(help="Queue backend (default: INGESTFLOW_QUEUE_BACKEND, else prefect)."),
+        str | None,
+        typer.Option(
+            help="Queue backend: prefect or celery (default: INGESTFLOW_QUEUE_BACKEND, else"
+            " prefect)."
+        ),
     ] = None,
     runner: Annotated[
         Runner,
@@ -64,19 +56,13 @@ def up(
 ) -> None:
     """Start the database, a Prefect server with its UI, the deployments, and the API; see
     ``UP_HELP``."""
-    from platformdirs import user_data_dir
-    from rich.markup import escape
-
-    from deployments.local_stack import StackOptions, StackStopped, run_stack
-    from ingestflow.settings import get_settings
-
     options = StackOptions(
         data_dir=data_dir or Path(user_data_dir("ingestflow")),
         host=host,
         port=port,
         prefect_port=prefect_port,
-        backend=backend.value if backend else get_settings().queue.backend,
-        runner=runner.value,
+        backend=backend or get_settings().queue.backend,
+        runner=runner,
         concurrency=concurrency,
     )
     err.print("starting the database, Prefect, the deployments and the API ...")

@@ -13,10 +13,15 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from storage.chunks import SearchMode
+from ingestflow.core.types import SearchMode
+from ingestflow.service.ingest import ingest
+from ingestflow.service.search import search
+from tasks.config import ChunkingConfig
+
+# Bigger than any document: one chunk per document, as MTEB embeds them (the model itself
+# truncates at its 256 tokens).
+ONE_CHUNK_PER_DOCUMENT = ChunkingConfig(size=1_000_000, overlap=0)
 
 
 @dataclass(frozen=True)
@@ -93,14 +98,14 @@ def run_beir(
     small: bool = False,
     k: int = 100,
     mode: SearchMode = "vector",
+    chunking: ChunkingConfig | None = None,
 ) -> tuple[Scores, int]:
-    """Ingest ``dataset`` into ``collection`` and score its test queries, searched in ``mode``.
+    """Ingest ``dataset`` into ``collection`` (chunked as ``chunking`` says, else as the
+    settings say) and score its test queries, searched in ``mode``.
 
     ``small`` keeps the first 30 judged queries and only their relevant documents plus 200
     others, for a quick smoke run. Returns the scores and the number of documents.
     """
-    from ingestflow.service import ingest, search
-
     qrels = load_qrels(dataset / "qrels" / "test.tsv")
     queries = {q["_id"]: q["text"] for q in _jsonl(dataset / "queries.jsonl") if q["_id"] in qrels}
     keep = None
@@ -112,7 +117,7 @@ def run_beir(
         }
     with tempfile.TemporaryDirectory(prefix="ingestflow-beir-") as tmp:
         docs = write_corpus(dataset, Path(tmp), keep)
-        ingest(tmp, collection=collection, batch_size=64)
+        ingest(tmp, collection=collection, batch_size=64, chunking=chunking)
     rankings = {}
     for qid in qrels:
         hits = search(queries[qid], collection=collection, k=k, mode=mode)

@@ -9,19 +9,33 @@ re-queue pass, picks it up.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from deployments.queue import Priority
-from ingestflow.errors import ConfigError, InvalidRequestError
-from ingestflow.settings import get_settings
+from pypdf import PdfReader, PdfWriter
+from pypdf.errors import PdfReadError
+
+from deployments.submit import submit_ingest
+from ingestflow.core.errors import ConfigError, InvalidRequestError
+from ingestflow.core.settings import get_settings
+from ingestflow.core.types import Priority
 from storage.collections import Collection
-from storage.db import Conn
-from storage.documents import DocumentRecord
-from storage.objectstore import WriteResult
+from storage.db import Conn, transaction
+from storage.documents import DocumentRecord, enqueue_document, find_document
+from storage.job_documents import find_by_sha256
+from storage.objectstore import (
+    WriteResult,
+    canonical_uri,
+    local_path,
+    scheme_of,
+    store_for,
+    write_async,
+)
 
 
 class UriNotAllowedError(InvalidRequestError):
@@ -49,27 +63,6 @@ class StoredUpload:
     sha256: str
 
 
-def open_collection(name: str, *, tenant: str) -> Collection:
-    """The tenant's collection, created on first use for the configured embedder."""
-    from flows.ingest import open_collection as open_for
-    from storage.migrate import ensure_schema
-    from tasks.embedders import get_embedder
-
-    ensure_schema()
-    return open_for(name, get_embedder(), tenant=tenant)
-
-
-def existing_collection(name: str, *, tenant: str) -> Collection:
-    """The tenant's collection; ``CollectionNotFoundError`` if it does not exist."""
-    from storage.collections import get_collection
-    from storage.db import connection
-    from storage.migrate import ensure_schema
-
-    ensure_schema()
-    with connection() as conn:
-        return get_collection(conn, name=name, tenant=tenant)
-
-
 def upload_uri(coll: Collection, filename: str) -> str:
     """A fresh key in the upload store for one upload (never overwrites another).
 
@@ -77,10 +70,6 @@ def upload_uri(coll: Collection, filename: str) -> str:
     like ``%2e%2e%2f...`` must not become ``../``. For local stores the result is also
     checked to lie inside the upload folder.
     """
-    from urllib.parse import quote
-
-    from storage.objectstore import local_path, scheme_of
-
     root = get_settings().api.upload_uri.rstrip("/")
     uri = f"{root}/c{coll.id}/{uuid.uuid4().hex}/{quote(filename, safe='')}"
     if scheme_of(root) == "file":
@@ -95,8 +84,6 @@ async def store_upload(
 ) -> StoredUpload:
     """Stream an upload into the upload store, hashing it and enforcing the size limit as it
     goes; an oversized upload raises ``TooLargeError`` and leaves nothing behind."""
-    from storage.objectstore import store_for, write_async
-
     uri = upload_uri(coll, filename)
     max_bytes = get_settings().api.max_upload_bytes
     written: WriteResult = await write_async(store_for(uri), uri, chunks, max_bytes=max_bytes)
@@ -117,10 +104,6 @@ def accept_uploads(
     existing document and their upload is removed. Raises ``BackendUnavailableError`` after
     the rows are written, so a retried request finds them and submits them.
     """
-    from deployments.submit import submit_ingest
-    from storage.db import transaction
-    from storage.job_documents import enqueue_document, find_by_sha256
-
     accepted: dict[str, Accepted] = {}  # by sha256: one document per distinct content
     fresh: list[DocumentRecord] = []
     with transaction() as conn:
@@ -165,8 +148,6 @@ def accept_uploads(
 
 def requeue(conn: Conn, doc: DocumentRecord, *, collection_id: int) -> DocumentRecord:
     """The document's row back to ``queued`` for a new job, keeping its source and metadata."""
-    from storage.job_documents import enqueue_document
-
     return enqueue_document(
         conn,
         collection_id=collection_id,
@@ -182,10 +163,6 @@ def reingest_document(
 ) -> Accepted:
     """Index a document of the collection again from its source, even if its bytes did not
     change (after a parser or chunking change, say)."""
-    from deployments.submit import submit_ingest
-    from storage.db import transaction
-    from storage.documents import find_document
-
     with transaction() as conn:
         found = find_document(conn, collection_id=coll.id, document_id=document_id)
         doc = requeue(conn, found, collection_id=coll.id)
@@ -205,10 +182,6 @@ def ingest_uri(
 ) -> Accepted:
     """Queue a document by URI (any registered scheme; local paths only under the API's
     ``file_roots``) and submit its job."""
-    from deployments.submit import submit_ingest
-    from storage.db import transaction
-    from storage.job_documents import enqueue_document
-
     source = check_uri(uri)
     with transaction() as conn:
         doc = enqueue_document(conn, collection_id=coll.id, source_uri=source, metadata=metadata)
@@ -226,8 +199,6 @@ def check_uri(uri: str) -> str:
     bounded: local paths under ``file_roots``, object-store URIs under ``source_prefixes``
     when that is set, and never the upload store, which holds every tenant's uploads.
     """
-    from storage.objectstore import canonical_uri, local_path, scheme_of, store_for
-
     if not uri.strip() or "\x00" in uri:
         raise InvalidRequestError("the URI is empty or contains a NUL byte")
     settings = get_settings().api
@@ -266,9 +237,6 @@ def _under(uri: str, prefix: str) -> bool:
 def merge_pdfs(parts: list[Path], out: Path) -> None:
     """Concatenate PDFs in order into ``out`` (pypdf); a part that is not a readable PDF is an
     ``InvalidRequestError`` naming its position."""
-    from pypdf import PdfReader, PdfWriter
-    from pypdf.errors import PdfReadError
-
     writer = PdfWriter()
     for position, part in enumerate(parts, start=1):
         try:
@@ -286,14 +254,16 @@ def _idempotency_key(docs: list[DocumentRecord]) -> str:
     # The same rows with the same bytes, before any run claimed them again (attempts), are
     # the same submission: a retried request must not start a second run.
     parts = sorted(f"{d.id}:{d.sha256}:{d.attempts}" for d in docs)
-    import hashlib
-
     return "upload:" + hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def _discard(uri: str) -> None:
-    from storage.objectstore import store_for
+def discard(stored: list[StoredUpload]) -> None:
+    """Remove uploads that will not become documents (their request failed part-way)."""
+    for up in stored:
+        store_for(up.uri).delete(up.uri)
 
+
+def _discard(uri: str) -> None:
     store = store_for(uri)
     if store.exists(uri):
         store.delete(uri)
