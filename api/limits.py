@@ -16,11 +16,8 @@ from ingestflow.core.settings import get_settings
 _FRAMING_BYTES = 64 * 1024
 
 
-class RequestTooLargeError(IngestError):
+class RequestTooLargeError(IngestError, code="request_too_large", permanent=True):
     """A request body passed ``INGESTFLOW_API_MAX_REQUEST_BYTES``."""
-
-    code = "request_too_large"
-    permanent = True
 
 
 class RequestSizeLimit:

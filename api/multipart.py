@@ -42,30 +42,23 @@ FALLBACK_FILENAME = "upload"
 _DROPPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 
-class MultipartError(InvalidRequestError):
+class MultipartError(InvalidRequestError, code="malformed_multipart"):
     """The body is not acceptable multipart/form-data: bad framing, a truncated body, a part
     without a name. The subclasses name the other faults; each class has a stable ``code``.
     """
 
-    code = "malformed_multipart"
 
-
-class NotMultipartError(MultipartError):
+class NotMultipartError(MultipartError, code="not_multipart"):
     """The Content-Type is not multipart/form-data with a usable boundary."""
 
-    code = "not_multipart"
+
+class TooManyPartsError(MultipartError, code="too_many_parts"): ...
 
 
-class TooManyPartsError(MultipartError):
-    code = "too_many_parts"
+class FieldTooLargeError(MultipartError, code="field_too_large"): ...
 
 
-class FieldTooLargeError(MultipartError):
-    code = "field_too_large"
-
-
-class HeaderTooLargeError(MultipartError):
-    code = "header_too_large"
+class HeaderTooLargeError(MultipartError, code="header_too_large"): ...
 
 
 @dataclass(eq=False)

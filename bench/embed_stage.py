@@ -29,6 +29,7 @@ import os
 import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -68,11 +69,16 @@ def documents_of_chunks(count: int) -> list[list[str]]:
     raise ValueError(f"SciFact gives only {len(seen)} distinct chunks")
 
 
+FRESH_PROVIDER = "bench-fresh-cache"
+
+
 def fresh_cache_embedder() -> Any:
-    """The product's local embedder, its vector-cache identity renamed per run."""
-    from ingestflow.core.settings import get_settings
+    """The product's local embedder, its vector-cache identity renamed per run; registered as
+    provider ``bench-fresh-cache``, so the embed stage gets this very instance."""
+    from tasks.embedders import get_embedder, register_embedder
     from tasks.embedders.local import LocalEmbedder
 
+    @register_embedder(FRESH_PROVIDER)
     class FreshCacheEmbedder(LocalEmbedder):
         run = ""
 
@@ -80,7 +86,7 @@ def fresh_cache_embedder() -> Any:
         def identity(self) -> str:
             return f"{super().identity}#bench-{self.run}"
 
-    return FreshCacheEmbedder(None, get_settings().embedding)
+    return get_embedder(FRESH_PROVIDER, LocalEmbedder.default_model)
 
 
 def run(documents: list[list[str]], reps: int) -> tuple[list[Row], dict[str, Any]]:
@@ -88,8 +94,9 @@ def run(documents: list[list[str]], reps: int) -> tuple[list[Row], dict[str, Any
     from ingestflow.core.types import Chunk
     from storage.db import connection
     from tasks.chunk import content_hash
+    from tasks.config import EmbeddingConfig, PipelineConfig
     from tasks.embed import embed_documents
-    from tasks.work import DocWork
+    from tasks.work import DocWork, StageContext
 
     settings = get_settings()
     doc_batch, model_batch = settings.ingest.batch_size, settings.embedding.batch_size
@@ -100,6 +107,10 @@ def run(documents: list[list[str]], reps: int) -> tuple[list[Row], dict[str, Any
     model.encode(texts[:model_batch], batch_size=model_batch, show_progress_bar=False)
     identities: list[str] = []
     vectors: dict[str, np.ndarray] = {}
+    config = PipelineConfig(
+        embedding=EmbeddingConfig(provider=FRESH_PROVIDER, model=embedder.model)
+    )
+    ctx = StageContext(collection_id=0, config=config, workdir=Path("."))
 
     def stage(per_call: int) -> float:
         embedder.run = uuid.uuid4().hex
@@ -114,7 +125,7 @@ def run(documents: list[list[str]], reps: int) -> tuple[list[Row], dict[str, Any
         started = time.perf_counter()
         done = []
         for i in range(0, len(works), per_call):
-            done += embed_documents(works[i : i + per_call], embedder=embedder)
+            done += embed_documents(works[i : i + per_call], ctx)
         seconds = time.perf_counter() - started
         embedded = sum(w.embedded for w in done)
         if embedded != len(texts) or any(w.vectors is None for w in done):

@@ -78,7 +78,7 @@ def peak_rss_mb() -> float:
 def time_passes(embed, texts: list[str], batch_size: int, repeat: int) -> tuple[float, np.ndarray]:
     """Warm up on one batch; return the best chunks/s over ``repeat`` passes, and the vectors."""
     embed(texts[:batch_size])
-    best, vectors = 0.0, None
+    best, vectors = 0.0, np.empty(0)
     for _ in range(repeat):
         start = time.perf_counter()
         vectors = embed(texts)

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from bench import corpus
 from bench.judge import judge
@@ -421,6 +421,6 @@ def run(options: Options, argv: list[str] | None = None) -> dict[str, Any]:
     print(harness_report.report_text(result), flush=True)
     path = harness_report.write(result, options.out)
     print(f"\nwrote {path} (and {options.out / 'latest.json'})")
-    for plot in result["plots"]:
+    for plot in cast(list[str], result["plots"]):
         print(f"wrote {plot}")
     return result

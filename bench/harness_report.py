@@ -25,7 +25,7 @@ PEERS = ("langchain", "llamaindex")
 
 
 def _ok(run: dict[str, Any] | None) -> bool:
-    return bool(run) and not run.get("error") and bool(run.get("phases"))
+    return run is not None and not run.get("error") and bool(run.get("phases"))
 
 
 def docs_per_s(phase: dict[str, Any]) -> float:

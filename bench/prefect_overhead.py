@@ -17,12 +17,12 @@ model name is new, so the vector cache is empty and every chunk is embedded ever
   (``PREFECT_TEST_SERVER_PG``, default ``postgresql://postgres@127.0.0.1:5432/postgres``), as
   the tests start it. Every micro-batch is seven task runs, plus one for the collection; the
   flow's progress and summary artifacts are part of it.
-- **direct**: ``ingest_direct`` below: the same stage functions (each task's ``.fn``) in the
-  same order with the same arguments, no flow or task run, no artifacts. It mirrors
-  ``flows.ingest.ingest_batches`` and ``_run_stages``; that both produce the same chunks is
-  checked after every run (a digest of every stored (source, ordinal, content hash)), and that
-  the collection's vector index is valid. With 2,000 documents (at least
-  ``INGESTFLOW_BULK_INDEX_MIN_DOCUMENTS``) both ways defer the index and rebuild it at the end.
+- **direct**: ``ingest_direct`` below: ``tasks.stages.run_batches`` with the plain stage
+  functions, the same sequence the flow runs as tasks, with no flow or task run and no
+  artifacts. That both produce the same chunks is checked after every run (a digest of every
+  stored (source, ordinal, content hash)), and that the collection's vector index is valid.
+  With 2,000 documents (at least ``INGESTFLOW_BULK_INDEX_MIN_DOCUMENTS``) both ways defer the
+  index and rebuild it at the end.
 
 One untimed warm-up run each (parse workers, Prefect client, imports), then ``--reps`` runs
 each, alternating which goes first; medians. Overhead = (flow - direct) / flow, target <= 10%.
@@ -106,58 +106,41 @@ def write_corpus(folder: Path, count: int) -> list[str]:
 
 
 def ingest_direct(sources: Sequence[str], *, collection: str, tenant: str) -> list[DocumentOutcome]:
-    """What ``ingest_batch`` does, without Prefect: ``ingest_batches`` and ``_run_stages`` with
-    each task's function called directly, over the same micro-batches (a bulk load defers the
-    vector index the same way); the documents' outcomes."""
-    from flows.ingest import collection_task, pipeline_fingerprint, unique_sources
+    """What ``ingest_batch`` does, without Prefect: ``tasks.stages.run_batches`` with the plain
+    stage functions, over the same micro-batches (a bulk load defers the vector index the
+    same way); the documents' outcomes."""
     from ingestflow.core.progress import Progress, report
     from ingestflow.core.settings import get_settings
     from storage.migrate import ensure_schema
-    from storage.vector_index import DeferredVectorIndex
-    from tasks.chunk import chunk_task
-    from tasks.dedupe import dedupe_task
-    from tasks.embed import embed_task
-    from tasks.embedders import get_embedder
-    from tasks.fetch import fetch_task, hash_task
-    from tasks.parse import parse_task
-    from tasks.upsert import upsert_task
-    from tasks.work import DocWork
+    from tasks.collections import collection_task
+    from tasks.config import PipelineConfig
+    from tasks.stages import micro_batches, run_batches
+    from tasks.work import DocWork, StageContext
 
     ensure_schema()
-    embedder = get_embedder()
-    coll = collection_task.fn(collection, embedder.provider, embedder.model, tenant)
-    ingest = get_settings().ingest
-    unique = unique_sources(sources)
+    settings = get_settings()
+    config = PipelineConfig.from_settings(settings)
+    coll = collection_task.fn(collection, tenant, config.embedding)
+    batches = micro_batches(sources, settings.ingest.batch_size)
+    total = sum(len(b) for b in batches)
     outcomes: list[DocumentOutcome] = []
-    deferral = DeferredVectorIndex(
-        collection_id=coll.id,
-        dimension=coll.dimension,
-        min_documents=ingest.bulk_index_min_documents,
-        build_memory=ingest.index_build_memory,
-    )
-    with tempfile.TemporaryDirectory(prefix="ingestflow-") as tmp, deferral:
-        for start in range(0, len(unique), ingest.batch_size):
-            deferral.before_batch(len(unique))
-            works = [DocWork(source=s) for s in unique[start : start + ingest.batch_size]]
-            works = fetch_task.fn(works, tmp, ingest.max_document_bytes)
-            works = hash_task.fn(works)
-            works = dedupe_task.fn(works, coll.id, pipeline_fingerprint(ingest), False, None)
-            works = parse_task.fn(works, ingest.parse_workers)
-            works = chunk_task.fn(
-                works,
-                ingest.chunk_size,
-                ingest.chunk_overlap,
-                ingest.chunk_unit,
-                embedder.provider,
-                embedder.model,
-            )
-            works = embed_task.fn(works, embedder.provider, embedder.model)
-            works = upsert_task.fn(works, coll.id, None)
-            for work in works:
-                if work.fetched is not None:
-                    work.fetched.path.unlink(missing_ok=True)
-            outcomes.extend(w.outcome() for w in works)
-            report(Progress(done=len(outcomes), total=len(unique), outcomes=list(outcomes)))
+
+    def done(works: list[DocWork]) -> None:
+        outcomes.extend(w.outcome() for w in works)
+        report(Progress(done=len(outcomes), total=total, outcomes=list(outcomes)))
+
+    with tempfile.TemporaryDirectory(prefix="ingestflow-") as tmp:
+        ctx = StageContext.for_run(
+            collection_id=coll.id, config=config, workdir=Path(tmp), settings=settings.ingest
+        )
+        run_batches(
+            batches,
+            ctx,
+            dimension=coll.dimension,
+            settings=settings.ingest,
+            total=total,
+            on_batch=done,
+        )
     return outcomes
 
 

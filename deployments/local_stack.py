@@ -52,7 +52,7 @@ CELERY_QUEUES = "ingestflow.high,ingestflow.normal,ingestflow.low"
 _STARTUP_TIMEOUT = 240.0  # a first Prefect server start migrates its database: minutes here
 
 
-class StackStopped(IngestError):
+class StackStopped(IngestError, code="stack_stopped"):
     """A part of the stack exited on its own; the message says which and how."""
 
 

@@ -57,15 +57,7 @@ def ingest_document(
     reason instead of raising. ``password`` opens an encrypted PDF; as a ``SecretStr`` it is
     masked in the run's stored parameters.
     """
-    return ingest_batches(
-        micro_batches([source], 1),
-        collection=collection,
-        metadata=metadata,
-        force=force,
-        total=1,
-        password=password.get_secret_value() if password else None,
-        tenant=tenant,
-    )
+    return ingest_batch.fn([source], collection, metadata, force, 1, password, tenant)
 
 
 @flow(name="ingest-batch", flow_run_name="ingest {collection}", log_prints=False)

@@ -41,10 +41,8 @@ from tasks.config import PipelineConfig
 _RETRY_STATES = {"failed", "deleted", "queued", "processing"}
 
 
-class SweepGuardError(IngestError):
+class SweepGuardError(IngestError, code="sweep_guard", permanent=True):
     """The sweep refused to delete (the listing failed, or too much would go)."""
-
-    permanent = True
 
 
 @dataclass

@@ -102,13 +102,17 @@ class PagedListing:
 
 @dataclass(frozen=True)
 class BlockCredentials:
-    """How ``ingestflow storage add`` saves a store's credentials as a Prefect block: the
-    block type and the setting that names it, a block built from the provider's own
-    environment variables (with a description of where they came from), and the store
-    opened with a given block, to prove it works before it is saved."""
+    """A store's credentials as a Prefect block: the block type and the setting that names
+    one; what a bucket or container block calls the credentials it carries (``carried_as``),
+    and how to tell them (``holds``, ``label``); for ``ingestflow storage add``, a block
+    built from the provider's own environment variables (with where they came from) and the
+    store opened with a given block, to prove it works before it is saved."""
 
     block_type: str
     setting: str
+    carried_as: str
+    holds: Callable[[Any], bool]
+    label: str
     from_env: Callable[[StoreSettings, str | None, str | None], tuple[Any, str]]
     store_with: Callable[[StoreSettings, Any], ObjectStore]
 

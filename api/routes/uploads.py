@@ -143,16 +143,34 @@ async def store_files(
     return metadata, stored
 
 
+def takes_documents(
+    path: str,
+    *,
+    duplicates: bool = False,
+    response_model: type[Any] = UploadAccepted,
+    **extra: Any,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A route that takes documents in and starts their job: 202, with the tenant's job limit
+    checked first; with ``duplicates``, 200 and the existing document when identical bytes
+    are already in the collection."""
+    duplicate = {200: {"model": response_model, "description": "Identical bytes already there."}}
+    return router.post(
+        path,
+        status_code=202,
+        dependencies=[SubmitsJob],
+        response_model=response_model,
+        responses=duplicate if duplicates else None,
+        **extra,
+    )
+
+
 async def _open(collection: str, tenant: str) -> Collection:
     return await run_in_threadpool(open_collection_for_ingest, collection, tenant=tenant)
 
 
-@router.post(
+@takes_documents(
     "/collections/{collection}/documents",
-    status_code=202,
-    dependencies=[SubmitsJob],
-    response_model=UploadAccepted,
-    responses={200: {"model": UploadAccepted, "description": "Identical bytes already there."}},
+    duplicates=True,
     openapi_extra=_multipart_body(many=False, description="One file, field `file`."),
 )
 async def upload_document(
@@ -177,10 +195,8 @@ async def upload_document(
     return JSONResponse(body, status_code=200 if item.duplicate else 202)
 
 
-@router.post(
+@takes_documents(
     "/collections/{collection}/documents:bulk",
-    status_code=202,
-    dependencies=[SubmitsJob],
     response_model=BulkAccepted,
     openapi_extra=_multipart_body(many=True, description="Many files, each in field `files`."),
 )
@@ -213,12 +229,7 @@ async def upload_documents(
     )
 
 
-@router.post(
-    "/collections/{collection}/documents:ingest",
-    status_code=202,
-    response_model=UploadAccepted,
-    dependencies=[SubmitsJob],
-)
+@takes_documents("/collections/{collection}/documents:ingest")
 def ingest_by_uri(
     collection: CollectionName, body: IngestUriRequest, key: Principal
 ) -> UploadAccepted:
@@ -232,12 +243,7 @@ def ingest_by_uri(
     return _accepted(item)
 
 
-@router.post(
-    "/collections/{collection}/documents/{document_id}:reingest",
-    status_code=202,
-    dependencies=[SubmitsJob],
-    response_model=UploadAccepted,
-)
+@takes_documents("/collections/{collection}/documents/{document_id}:reingest")
 def reingest_document(
     collection: CollectionName,
     document_id: DocumentId,
@@ -249,12 +255,9 @@ def reingest_document(
     return _accepted(uploads.reingest_document(coll, document_id, priority=priority))
 
 
-@router.post(
+@takes_documents(
     "/collections/{collection}/documents:merge",
-    status_code=202,
-    dependencies=[SubmitsJob],
-    response_model=UploadAccepted,
-    responses={200: {"model": UploadAccepted, "description": "Identical bytes already there."}},
+    duplicates=True,
     openapi_extra=_multipart_body(many=True, description="PDFs in order, field `files`."),
 )
 async def merge_documents(

@@ -38,7 +38,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import unquote, urlsplit
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,13 +87,17 @@ def configure_environment(args: argparse.Namespace) -> None:
         )
 
 
+if TYPE_CHECKING:
+    from tasks.embedders import Embedder
+
+
 class EmbedCounter:
     """Counts the texts reaching ``embed_batch`` of the embedder's class in this process."""
 
     def __init__(self) -> None:
         self.texts = 0
 
-    def wrap(self, embedder_class: type) -> None:
+    def wrap(self, embedder_class: type[Embedder]) -> None:
         original = embedder_class.embed_batch
         counter = self
 
@@ -101,13 +105,13 @@ class EmbedCounter:
             counter.texts += len(texts)
             return original(self, texts)
 
-        embedder_class.embed_batch = counting_embed_batch
+        embedder_class.embed_batch = counting_embed_batch  # type: ignore[method-assign]
 
 
 def index(args: argparse.Namespace) -> dict[str, Any]:
     """One sweep of the corpus folder into the collection, timed alone."""
-    from flows.ingest import open_collection
-    from ingestflow.service import sweep
+    from ingestflow.service.collections import open_collection_for_ingest
+    from ingestflow.service.ingest import sweep
     from storage.db import transaction
     from storage.migrate import ensure_schema
     from tasks.embedders import get_embedder
@@ -116,7 +120,7 @@ def index(args: argparse.Namespace) -> dict[str, Any]:
     embedder = get_embedder()
     embedder.embed_batch(["warm-up"])  # loads the model (minilm) outside the clock
     embedder.count_tokens("warm-up")  # and the tokenizer the embed step counts tokens with
-    coll = open_collection(args.collection, embedder)
+    coll = open_collection_for_ingest(args.collection, tenant="default")
     if args.phase == "first":
         with transaction() as conn:
             conn.execute("DELETE FROM embedding_cache WHERE model = %s", (embedder.identity,))
@@ -124,7 +128,7 @@ def index(args: argparse.Namespace) -> dict[str, Any]:
     counter.wrap(type(embedder))
     docs = sum(1 for p in args.corpus.iterdir() if p.is_file())
     with transaction() as conn:
-        phase_start = conn.execute("SELECT now() AS t").fetchone()["t"]
+        phase_start = _field(conn.execute("SELECT now() AS t").fetchone(), "t")
 
     started = time.perf_counter()
     report = sweep(str(args.corpus), collection=args.collection)
@@ -164,11 +168,14 @@ def stage_seconds(collection_id: int, since: Any) -> tuple[dict[str, float], int
             " GROUP BY t.key",
             (collection_id, since),
         ).fetchall()
-        indexed = conn.execute(
-            "SELECT count(*) AS n FROM documents"
-            " WHERE collection_id = %s AND status = 'indexed' AND indexed_at >= %s",
-            (collection_id, since),
-        ).fetchone()["n"]
+        indexed = _field(
+            conn.execute(
+                "SELECT count(*) AS n FROM documents"
+                " WHERE collection_id = %s AND status = 'indexed' AND indexed_at >= %s",
+                (collection_id, since),
+            ).fetchone(),
+            "n",
+        )
     return {r["stage"]: round(r["seconds"], 4) for r in rows}, int(indexed)
 
 
@@ -193,7 +200,7 @@ def stored_chunks(collection_id: int) -> int:
         row = conn.execute(
             "SELECT count(*) AS n FROM chunks WHERE collection_id = %s", (collection_id,)
         ).fetchone()
-    return int(row["n"])
+    return int(_field(row, "n"))
 
 
 def final_state(args: argparse.Namespace) -> dict[str, Any]:
@@ -256,3 +263,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _field(row: dict[str, Any] | None, name: str) -> Any:
+    """A column of a query's one row (aggregates always return one)."""
+    assert row is not None
+    return row[name]

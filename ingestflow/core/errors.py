@@ -17,6 +17,16 @@ class IngestError(Exception):
     # A plain attribute, not a ClassVar, so an error may refine it per instance.
     code: str = "ingest_error"
 
+    def __init_subclass__(
+        cls, *, code: str | None = None, permanent: bool | None = None, **kwargs: object
+    ) -> None:
+        """``class TooLargeError(FetchError, code="too_large", permanent=True)``."""
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code = code
+        if permanent is not None:
+            cls.permanent = permanent
+
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
@@ -25,145 +35,94 @@ class IngestError(Exception):
         return (type(self), (self.reason,))
 
 
-class ConfigError(IngestError):
+class ConfigError(IngestError, code="config_error", permanent=True):
     """Settings are missing or inconsistent (a missing credential, a bad URL)."""
 
-    code = "config_error"
-    permanent = True
 
-
-class FetchError(IngestError):
+class FetchError(IngestError, code="fetch_error"):
     """The source could not be read (network blips, temporary I/O problems)."""
 
-    code = "fetch_error"
+
+class SourceNotFoundError(FetchError, code="source_not_found", permanent=True): ...
 
 
-class SourceNotFoundError(FetchError):
-    code = "source_not_found"
-    permanent = True
+class TooLargeError(FetchError, code="too_large", permanent=True): ...
 
 
-class TooLargeError(FetchError):
-    code = "too_large"
-    permanent = True
-
-
-class ParseError(IngestError):
+class ParseError(IngestError, code="parse_error", permanent=True):
     """The bytes could not be turned into text."""
 
-    code = "parse_error"
-    permanent = True
+
+class UnsupportedTypeError(ParseError, code="unsupported_type"): ...
 
 
-class UnsupportedTypeError(ParseError):
-    code = "unsupported_type"
+class EncryptedDocumentError(ParseError, code="encrypted"): ...
 
 
-class EncryptedDocumentError(ParseError):
-    code = "encrypted"
-
-
-class EmptyDocumentError(ParseError):
+class EmptyDocumentError(ParseError, code="empty_document"):
     """Parsed fine but holds no text (for example a scan without a text layer)."""
 
-    code = "empty_document"
 
-
-class ParseLimitError(ParseError):
+class ParseLimitError(ParseError, code="parse_limit"):
     """Parsing went past a resource limit (memory, time, extracted text); the reason names it.
 
     The same bytes hit the same limit again, so this is permanent like any parse failure.
     """
 
-    code = "parse_limit"
+
+class ParseMemoryLimitError(ParseLimitError, code="parse_memory_limit"): ...
 
 
-class ParseMemoryLimitError(ParseLimitError):
-    code = "parse_memory_limit"
+class ParseTimeLimitError(ParseLimitError, code="parse_time_limit"): ...
 
 
-class ParseTimeLimitError(ParseLimitError):
-    code = "parse_time_limit"
+class ParseOutputLimitError(ParseLimitError, code="parse_output_limit"): ...
 
 
-class ParseOutputLimitError(ParseLimitError):
-    code = "parse_output_limit"
-
-
-class ParserCrashedError(ParseError):
+class ParserCrashedError(ParseError, code="parser_crashed"):
     """The parser process died on this file (a signal, an abrupt exit): a parser bug that
     the file triggers every time, so permanent too."""
 
-    code = "parser_crashed"
 
-
-class EmbedError(IngestError):
+class EmbedError(IngestError, code="embed_error"):
     """The embedding provider failed; transient unless a subclass says otherwise."""
 
-    code = "embed_error"
 
-
-class EmbedRequestRejected(EmbedError):
+class EmbedRequestRejected(EmbedError, code="embed_rejected", permanent=True):
     """The provider rejected the request itself (bad key, bad model): retrying cannot help."""
 
-    code = "embed_rejected"
-    permanent = True
 
-
-class StoreError(IngestError):
+class StoreError(IngestError, code="store_error"):
     """The database or an object store could not be reached, or a write failed transiently."""
 
-    code = "store_error"
 
-
-class InvalidKeyError(IngestError):
+class InvalidKeyError(IngestError, code="invalid_key", permanent=True):
     """An object key or path is malformed or would escape its store's root folder."""
 
-    code = "invalid_key"
-    permanent = True
 
-
-class CollectionMismatchError(IngestError):
+class CollectionMismatchError(IngestError, code="collection_mismatch", permanent=True):
     """A collection is fixed to one embedding model and dimension."""
 
-    code = "collection_mismatch"
-    permanent = True
 
-
-class InvalidRequestError(IngestError, ValueError):
+class InvalidRequestError(IngestError, ValueError, code="invalid_request", permanent=True):
     """A caller's input is invalid (an empty query, a malformed page cursor)."""
 
-    code = "invalid_request"
-    permanent = True
+
+class CollectionNotFoundError(IngestError, code="collection_not_found", permanent=True): ...
 
 
-class CollectionNotFoundError(IngestError):
-    code = "collection_not_found"
-    permanent = True
+class DocumentNotFoundError(IngestError, code="document_not_found", permanent=True): ...
 
 
-class DocumentNotFoundError(IngestError):
-    code = "document_not_found"
-    permanent = True
+class JobNotFoundError(IngestError, code="job_not_found", permanent=True): ...
 
 
-class JobNotFoundError(IngestError):
-    code = "job_not_found"
-    permanent = True
-
-
-class JobConflictError(IngestError):
+class JobConflictError(IngestError, code="job_conflict", permanent=True):
     """The job is in a state where the request makes no sense (retrying a running job)."""
 
-    code = "job_conflict"
-    permanent = True
 
-
-class LimitExceededError(IngestError):
+class LimitExceededError(IngestError, code="limit_exceeded", permanent=True):
     """A caller went over one of its limits; it may try again in ``retry_after`` seconds."""
-
-    code = "limit_exceeded"
-    permanent = True
 
     def __init__(self, reason: str, retry_after: int = 1) -> None:
         super().__init__(reason)
@@ -173,25 +132,19 @@ class LimitExceededError(IngestError):
         return (type(self), (self.reason, self.retry_after))
 
 
-class RateLimitedError(LimitExceededError):
+class RateLimitedError(LimitExceededError, code="rate_limited"):
     """An API key spent its request rate."""
 
-    code = "rate_limited"
 
-
-class TooManyJobsError(LimitExceededError):
+class TooManyJobsError(LimitExceededError, code="too_many_jobs"):
     """A tenant has as many ingest jobs queued or running as it may."""
 
-    code = "too_many_jobs"
 
-
-class BackendUnavailableError(IngestError):
+class BackendUnavailableError(IngestError, code="backend_unavailable"):
     """The queue backend (Prefect server, Redis) cannot take or report work right now.
 
     Nothing is lost: the documents stay ``queued`` and are submitted again later.
     """
-
-    code = "backend_unavailable"
 
 
 def is_permanent(exc: BaseException) -> bool:

@@ -8,20 +8,11 @@ from itertools import islice
 from ingestflow.core.settings import get_settings
 from storage.objectstore import ObjectInfo, store_for
 from storage.presign import presign_put
-from storage.registration import Registration, register_source
+from storage.registration import register_source
 
-
-def add_storage(
-    name: str,
-    uri: str,
-    *,
-    endpoint_url: str | None = None,
-    region: str | None = None,
-    replace: bool = False,
-) -> Registration:
-    """Register a bucket as a source: reuse or create the Prefect credentials block ``name``
-    and list the first page under ``uri`` with it (see ``storage.registration``)."""
-    return register_source(name, uri, endpoint_url=endpoint_url, region=region, replace=replace)
+# Register a bucket as a source: reuse or create the Prefect credentials block ``name`` and
+# list the first page under ``uri`` with it (see ``storage.registration``).
+add_storage = register_source
 
 
 def list_storage(uri: str, *, limit: int | None = None) -> Iterator[ObjectInfo]:

@@ -38,10 +38,8 @@ from storage.objectstore import (
 )
 
 
-class UriNotAllowedError(InvalidRequestError):
+class UriNotAllowedError(InvalidRequestError, code="uri_not_allowed"):
     """The API may not ingest this URI (a local path outside the allowed roots)."""
-
-    code = "uri_not_allowed"
 
 
 @dataclass(frozen=True)

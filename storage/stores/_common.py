@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from functools import lru_cache
 from typing import Any, Literal, TypeVar
 
 from ingestflow.core.errors import ConfigError, FetchError, IngestError, StoreError, TooLargeError
+from ingestflow.core.settings import Settings, StoreSettings, get_settings
 from storage import objectstore
+from storage.objectstore import BlockCredentials
 
 Op = Literal["read", "write", "exists", "delete", "list"]
 T = TypeVar("T")
+
+
+S = TypeVar("S")
 
 
 class Meter:
@@ -118,3 +124,24 @@ def load_block(value: str, default_type: str, setting: str) -> Any:
         raise ConfigError(f"Prefect block {slug!r} not found or invalid ({setting})") from e
     except (httpx.TransportError, OSError) as e:  # the Prefect API is unreachable
         raise FetchError(f"could not load Prefect block {slug!r}: {type(e).__name__}") from e
+
+
+def load_credentials(value: str, kind: BlockCredentials) -> Any:
+    """The credentials in the Prefect block a setting names: the block itself, or those a
+    bucket or container block carries; ``ConfigError`` when it holds none."""
+    block = load_block(value, kind.block_type, kind.setting)
+    creds = getattr(block, kind.carried_as, block)
+    if not kind.holds(creds):
+        raise ConfigError(f"Prefect block {value!r} holds no {kind.label} credentials")
+    return creds
+
+
+def per_settings(store_class: Callable[[StoreSettings], S]) -> Callable[[], S]:
+    """The factory a ``StoreKind`` opens: the store for the current settings, one per settings
+    snapshot (so one client, until the settings change)."""
+
+    @lru_cache(maxsize=1)
+    def build(settings: Settings) -> S:
+        return store_class(settings.store)
+
+    return lambda: build(get_settings())

@@ -14,11 +14,11 @@ import contextlib
 import os
 import uuid
 from collections.abc import Iterable, Iterator
-from functools import cached_property, lru_cache
+from functools import cached_property
 from typing import Any
 
 from ingestflow.core.errors import ConfigError, IngestError, SourceNotFoundError
-from ingestflow.core.settings import Settings, StoreSettings, get_settings
+from ingestflow.core.settings import StoreSettings
 from storage import objectstore
 from storage.objectstore import (
     BlockCredentials,
@@ -28,7 +28,7 @@ from storage.objectstore import (
     StoreKind,
     WriteResult,
 )
-from storage.stores._common import Meter, Op, Parts, emit, load_block, transient
+from storage.stores._common import Meter, Op, Parts, emit, load_credentials, per_settings, transient
 
 _NO_CREDENTIALS = (
     "no Azure credentials: set AZURE_STORAGE_CONNECTION_STRING or INGESTFLOW_STORE_AZURE_BLOCK"
@@ -42,13 +42,7 @@ def azure_credentials(settings: StoreSettings) -> Any:
     from pydantic import SecretStr
 
     if settings.azure_block:
-        block = load_block(
-            settings.azure_block, "azure-blob-storage-credentials", "INGESTFLOW_STORE_AZURE_BLOCK"
-        )
-        creds = getattr(block, "credentials", block)  # a container block carries them
-        if not isinstance(creds, AzureBlobStorageCredentials):
-            raise ConfigError(f"Prefect block {settings.azure_block!r} holds no Azure credentials")
-        return creds
+        return load_credentials(settings.azure_block, AZURE_CREDENTIALS)  # or a container's
     connection_string = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
     if not connection_string:
         raise ConfigError(_NO_CREDENTIALS)
@@ -193,22 +187,19 @@ def azure_store_with(settings: StoreSettings, creds: Any) -> AzureBlobStore:
     return store
 
 
-def default_azure_store() -> AzureBlobStore:
-    """The store for the current settings (one per settings snapshot, so one client)."""
-    return _store(get_settings())
+def _is_azure_credentials(creds: Any) -> bool:
+    from prefect_azure import AzureBlobStorageCredentials
+
+    return isinstance(creds, AzureBlobStorageCredentials)
 
 
-@lru_cache(maxsize=1)
-def _store(settings: Settings) -> AzureBlobStore:
-    return AzureBlobStore(settings.store)
-
-
-AZURE = StoreKind(
-    open=default_azure_store,
-    credentials=BlockCredentials(
-        "azure-blob-storage-credentials",
-        "INGESTFLOW_STORE_AZURE_BLOCK",
-        azure_from_env,
-        azure_store_with,
-    ),
+AZURE_CREDENTIALS = BlockCredentials(
+    "azure-blob-storage-credentials",
+    "INGESTFLOW_STORE_AZURE_BLOCK",
+    carried_as="credentials",
+    holds=_is_azure_credentials,
+    label="Azure",
+    from_env=azure_from_env,
+    store_with=azure_store_with,
 )
+AZURE = StoreKind(open=per_settings(AzureBlobStore), credentials=AZURE_CREDENTIALS)

@@ -14,12 +14,12 @@ import contextlib
 import json
 import os
 from collections.abc import Iterable, Iterator
-from functools import cache, cached_property, lru_cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
 from ingestflow.core.errors import ConfigError, IngestError, SourceNotFoundError
-from ingestflow.core.settings import Settings, StoreSettings, get_settings
+from ingestflow.core.settings import StoreSettings
 from storage import objectstore
 from storage.objectstore import (
     BlockCredentials,
@@ -29,7 +29,7 @@ from storage.objectstore import (
     StoreKind,
     WriteResult,
 )
-from storage.stores._common import Meter, Op, emit, load_block, transient
+from storage.stores._common import Meter, Op, emit, load_credentials, per_settings, transient
 
 _NO_CREDENTIALS = (
     "no GCS credentials: set GOOGLE_APPLICATION_CREDENTIALS or INGESTFLOW_STORE_GCS_BLOCK"
@@ -67,11 +67,7 @@ def gcp_credentials(settings: StoreSettings) -> Any:
     from prefect_gcp import GcpCredentials
 
     if settings.gcs_block:
-        block = load_block(settings.gcs_block, "gcp-credentials", "INGESTFLOW_STORE_GCS_BLOCK")
-        creds = getattr(block, "gcp_credentials", block)  # a GcsBucket block carries them
-        if not hasattr(creds, "get_cloud_storage_client"):
-            raise ConfigError(f"Prefect block {settings.gcs_block!r} holds no GCP credentials")
-        return creds
+        return load_credentials(settings.gcs_block, GCS_CREDENTIALS)  # or a bucket block's
     if os.environ.get("STORAGE_EMULATOR_HOST") and not os.environ.get(
         "GOOGLE_APPLICATION_CREDENTIALS"
     ):
@@ -242,19 +238,13 @@ def gcs_store_with(settings: StoreSettings, creds: Any) -> GcsStore:
     return store
 
 
-def default_gcs_store() -> GcsStore:
-    """The store for the current settings (one per settings snapshot, so one client)."""
-    return _store(get_settings())
-
-
-@lru_cache(maxsize=1)
-def _store(settings: Settings) -> GcsStore:
-    return GcsStore(settings.store)
-
-
-GCS = StoreKind(
-    open=default_gcs_store,
-    credentials=BlockCredentials(
-        "gcp-credentials", "INGESTFLOW_STORE_GCS_BLOCK", gcp_from_env, gcs_store_with
-    ),
+GCS_CREDENTIALS = BlockCredentials(
+    "gcp-credentials",
+    "INGESTFLOW_STORE_GCS_BLOCK",
+    carried_as="gcp_credentials",
+    holds=lambda c: hasattr(c, "get_cloud_storage_client"),
+    label="GCP",
+    from_env=gcp_from_env,
+    store_with=gcs_store_with,
 )
+GCS = StoreKind(open=per_settings(GcsStore), credentials=GCS_CREDENTIALS)

@@ -13,11 +13,11 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterable, Iterator
-from functools import cached_property, lru_cache
+from functools import cached_property
 from typing import Any
 
 from ingestflow.core.errors import ConfigError, IngestError, SourceNotFoundError
-from ingestflow.core.settings import Settings, StoreSettings, get_settings
+from ingestflow.core.settings import StoreSettings
 from storage import objectstore
 from storage.objectstore import (
     BlockCredentials,
@@ -27,7 +27,15 @@ from storage.objectstore import (
     StoreKind,
     WriteResult,
 )
-from storage.stores._common import Meter, Op, Parts, drain, load_block, transient
+from storage.stores._common import (
+    Meter,
+    Op,
+    Parts,
+    drain,
+    load_credentials,
+    per_settings,
+    transient,
+)
 
 _REJECTED = {
     "InvalidAccessKeyId",
@@ -62,10 +70,7 @@ def aws_credentials(settings: StoreSettings) -> Any:
     from prefect_aws import AwsCredentials
 
     if settings.s3_block:
-        block = load_block(settings.s3_block, "aws-credentials", "INGESTFLOW_STORE_S3_BLOCK")
-        creds = getattr(block, "credentials", block)  # an S3Bucket block carries them
-        if not hasattr(creds, "get_s3_client"):
-            raise ConfigError(f"Prefect block {settings.s3_block!r} holds no S3 credentials")
+        creds = load_credentials(settings.s3_block, S3_CREDENTIALS)  # or a bucket block's
     else:
         creds = AwsCredentials()  # boto3's default chain: environment, profile, role
     return with_store_settings(creds, settings)
@@ -264,19 +269,13 @@ def s3_store_with(settings: StoreSettings, creds: Any) -> S3Store:
     return store
 
 
-def default_s3_store() -> S3Store:
-    """The store for the current settings (one per settings snapshot, so one client)."""
-    return _store(get_settings())
-
-
-@lru_cache(maxsize=1)
-def _store(settings: Settings) -> S3Store:
-    return S3Store(settings.store)
-
-
-S3 = StoreKind(
-    open=default_s3_store,
-    credentials=BlockCredentials(
-        "aws-credentials", "INGESTFLOW_STORE_S3_BLOCK", aws_from_env, s3_store_with
-    ),
+S3_CREDENTIALS = BlockCredentials(
+    "aws-credentials",
+    "INGESTFLOW_STORE_S3_BLOCK",
+    carried_as="credentials",
+    holds=lambda c: hasattr(c, "get_s3_client"),
+    label="S3",
+    from_env=aws_from_env,
+    store_with=s3_store_with,
 )
+S3 = StoreKind(open=per_settings(S3Store), credentials=S3_CREDENTIALS)

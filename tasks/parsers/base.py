@@ -59,7 +59,9 @@ class Parser(Protocol):
 
     ``label`` is the short human name used in error reasons ("PDF", "DOCX"). ``parse`` may
     raise any exception for broken input: ``parse_file`` turns unknown ones into
-    ``ParseError`` with the label and a short cause.
+    ``ParseError`` with the label and a short cause. A parser may also list ``extensions``
+    (".logbook"): a file whose content the built-in detection cannot name goes to the parser
+    that claims its extension.
     """
 
     @property
@@ -130,6 +132,14 @@ def registered_media_types() -> list[str]:
     return sorted(_index())
 
 
+def claimed_extension(extension: str) -> str | None:
+    """The media type of the parser that lists ``extension`` (".logbook"), if one does."""
+    for media_type, found in _index().items():
+        if extension in getattr(found, "extensions", ()):
+            return media_type
+    return None
+
+
 ParseFunc = Callable[[ParseInput], Iterable[Segment]]
 
 
@@ -140,16 +150,20 @@ class FunctionParser:
     media_types: tuple[str, ...]
     label: str
     func: ParseFunc
+    extensions: tuple[str, ...] = ()
 
     def parse(self, source: ParseInput) -> Iterable[Segment]:
         return self.func(source)
 
 
-def parser(*media_types: str, label: str) -> Callable[[ParseFunc], FunctionParser]:
-    """Decorator: the function as a ``Parser`` of ``media_types``, named ``label`` in errors."""
+def parser(
+    *media_types: str, label: str, extensions: tuple[str, ...] = ()
+) -> Callable[[ParseFunc], FunctionParser]:
+    """Decorator: the function as a ``Parser`` of ``media_types``, named ``label`` in errors;
+    ``extensions`` name files its content detection would not recognise."""
 
     def wrap(func: ParseFunc) -> FunctionParser:
-        return FunctionParser(media_types, label, func)
+        return FunctionParser(media_types, label, func, extensions)
 
     return wrap
 

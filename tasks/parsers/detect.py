@@ -17,7 +17,20 @@ from ingestflow.core.errors import (
     ParseError,
     UnsupportedTypeError,
 )
-from tasks.parsers.base import CSV, DOCX, HTML, JSON, MARKDOWN, PDF, PPTX, TEXT, TSV, XLSM, XLSX
+from tasks.parsers.base import (
+    CSV,
+    DOCX,
+    HTML,
+    JSON,
+    MARKDOWN,
+    PDF,
+    PPTX,
+    TEXT,
+    TSV,
+    XLSM,
+    XLSX,
+    claimed_extension,
+)
 from tasks.parsers.encoding import sniff_text
 from tasks.parsers.safety import check_zip
 
@@ -71,10 +84,24 @@ _PLAIN_EXT = {".txt", ".text", ".log", ".md", ".rst", ".csv", ".tsv"}
 def detect_media_type(path: Path, filename: str = "") -> str:
     """The media type of the file at ``path``; ``filename`` (or the path's name) is a hint.
 
+    A file whose content names no built-in type (binary data, a ZIP or OLE2 file of another
+    kind, plain text) goes to a parser plugin that claims its extension, if one does.
+
     Raises ``EmptyDocumentError`` for a 0-byte file, ``UnsupportedTypeError`` for binary data
     of no supported type, ``EncryptedDocumentError`` for a password-protected Office file and
     ``ParseError`` for a ZIP that fails the bomb checks.
     """
+    extension = PurePath(filename or path.name).suffix.lower()
+    try:
+        detected = _detect_content(path, extension)
+    except UnsupportedTypeError:
+        if claimed := claimed_extension(extension):
+            return claimed
+        raise
+    return (claimed_extension(extension) if detected == TEXT else None) or detected
+
+
+def _detect_content(path: Path, extension: str) -> str:
     with open(path, "rb") as handle:
         head = handle.read(HEAD_BYTES)
     if not head:
@@ -91,7 +118,7 @@ def detect_media_type(path: Path, filename: str = "") -> str:
         raise UnsupportedTypeError(f"unsupported file type (looks like binary data: {_name(head)})")
     if text.startswith("{\\rtf"):
         raise UnsupportedTypeError("unsupported file type (RTF document; save it as DOCX)")
-    return _detect_text(text, PurePath(filename or path.name).suffix.lower())
+    return _detect_text(text, extension)
 
 
 def _name(head: bytes) -> str:

@@ -11,7 +11,8 @@ import uuid
 
 import pytest
 
-from deployments.prefect_backend import PrefectBackend, flow_run_url
+from deployments.prefect_backend import PrefectBackend
+from deployments.prefect_server import flow_run_url
 from deployments.queue import JobInfo, JobRequest
 from ingestflow.core.errors import BackendUnavailableError
 from ingestflow.core.types import JobKind, JobState, Priority
