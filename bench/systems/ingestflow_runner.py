@@ -250,6 +250,12 @@ def claim_stdout() -> TextIO:
     return os.fdopen(result_fd, "w", encoding="utf-8")
 
 
+def _field(row: dict[str, Any] | None, name: str) -> Any:
+    """A column of a query's one row (aggregates always return one)."""
+    assert row is not None
+    return row[name]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     out = claim_stdout()
@@ -263,9 +269,3 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def _field(row: dict[str, Any] | None, name: str) -> Any:
-    """A column of a query's one row (aggregates always return one)."""
-    assert row is not None
-    return row[name]
