@@ -50,6 +50,9 @@ from tests.support.faults import (
 pytestmark = pytest.mark.slow
 
 DOCUMENTS = 100
+MAX_KILL_DELAY_SECONDS = 0.5
+# The embedding server's latency during a timed kill: longer than the delay, with room to spare.
+KILL_WINDOW_SECONDS = MAX_KILL_DELAY_SECONDS + 0.25
 BATCH_SIZE = 20
 JOB_TIMEOUT = 240.0  # a guard against hanging, not an expectation
 SEED = fault_seed()
@@ -71,6 +74,7 @@ class Harness:
     references: ThreadPoolExecutor
     backend: Any
     tmp_path: Path
+    embeddings: Any  # the embedding server: slowed while a kill is timed
 
     def start_worker(self) -> AbstractContextManager[CeleryWorker]:
         return run_celery_worker(env=self.worker_env, log_dir=self.tmp_path)
@@ -92,7 +96,7 @@ def harness(celery_redis, pipeline, monkeypatch, tmp_path) -> Iterator[Harness]:
     monkeypatch.setenv("INGESTFLOW_EMBED_MODEL", "hash-64-reference")
     reset_caches()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reference") as pool:
-        yield Harness(env, pool, celery_backend(), tmp_path)
+        yield Harness(env, pool, celery_backend(), tmp_path, pipeline)
 
 
 def test_pool_child_killed_mid_job_is_run_again_by_the_same_worker(harness):
@@ -121,7 +125,7 @@ class Trial:
 
     def __init__(self, name: str, harness: Harness) -> None:
         """Write the documents and submit the job; its clean twin starts alongside."""
-        self.name, self.backend = name, harness.backend
+        self.name, self.backend, self.embeddings = name, harness.backend, harness.embeddings
         self.rng = random.Random(f"{SEED}:{name}")
         nonce = uuid.uuid4().hex[:12]
         self.paths = make_corpus(harness.tmp_path / name, nonce, count=DOCUMENTS)
@@ -150,7 +154,10 @@ class Trial:
         from storage.db import database_url
 
         target = self.rng.randint(0, DOCUMENTS - 2 * BATCH_SIZE)
-        delay = self.rng.uniform(0.0, 0.5)
+        delay = self.rng.uniform(0.0, MAX_KILL_DELAY_SECONDS)
+        # Each micro-batch's embedding request takes longer than the longest delay, so a kill
+        # timed after N documents lands before the last micro-batch is written.
+        self.embeddings.configure(latency=KILL_WINDOW_SECONDS)
         with psycopg.connect(database_url(), autocommit=True) as conn:
 
             def reached() -> bool:
@@ -164,6 +171,7 @@ class Trial:
             kill()
             self.killed_after = time.monotonic() - self.submitted
             self.at_kill = status_counts(conn, self.collection)
+        self.embeddings.configure(latency=0.0)
         assert self.at_kill.get("indexed", 0) < DOCUMENTS, f"the job ended first ({self.where})"
 
     def check(self, worker: CeleryWorker) -> None:

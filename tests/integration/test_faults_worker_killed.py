@@ -46,6 +46,9 @@ from tests.support.faults import (
 pytestmark = pytest.mark.slow
 
 DOCUMENTS = 100
+MAX_KILL_DELAY_SECONDS = 0.5
+# The embedding server's latency during a timed kill: longer than the delay, with room to spare.
+KILL_WINDOW_SECONDS = MAX_KILL_DELAY_SECONDS + 0.25
 BATCH_SIZE = 20
 WORKER_TIMEOUT = 120.0  # a guard against a stalled worker, not an expectation
 SEED = fault_seed()
@@ -122,7 +125,12 @@ def test_killed_worker_then_rerun_ends_exact(
     where = f"seed {SEED}, trial {trial.name}"
 
     started = time.monotonic()
+    if trial.point is None:
+        # Each micro-batch's embedding request takes longer than the longest random delay, so
+        # a kill timed after N documents lands before the last micro-batch is written.
+        pipeline.configure(latency=KILL_WINDOW_SECONDS)
     at_kill, stage = kill_worker(zygote, tmp_path, corpus, crashed, trial, rng)
+    pipeline.configure(latency=0.0)
     killed_after = time.monotonic() - started
     assert at_kill.get("indexed", 0) < DOCUMENTS, f"the worker finished before the kill ({where})"
 
@@ -178,7 +186,7 @@ def kill_worker(
 
 def _kill_at_random_moment(conn, proc, collection: str, rng: random.Random) -> None:
     target = rng.randint(0, DOCUMENTS - 2 * BATCH_SIZE)
-    delay = rng.uniform(0.0, 0.5)
+    delay = rng.uniform(0.0, MAX_KILL_DELAY_SECONDS)
 
     def reached() -> bool:
         counts = status_counts(conn, collection)

@@ -57,12 +57,18 @@ def client(database_url) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-def queue(monkeypatch) -> _Backend:
-    from deployments import queue as queue_module
+def queue(monkeypatch) -> Iterator[_Backend]:
+    """The stand-in, registered as a queue backend plugin and chosen by the setting."""
+    from deployments.queue import BACKENDS
+    from ingestflow.core.settings import get_settings
 
     backend = _Backend(depth=4)
-    monkeypatch.setattr(queue_module, "get_backend", lambda name=None: backend)
-    return backend
+    BACKENDS.register("metrics-stand-in", lambda: backend, replace=True)
+    monkeypatch.setenv("INGESTFLOW_QUEUE_BACKEND", "metrics-stand-in")
+    get_settings.cache_clear()
+    yield backend
+    BACKENDS.unregister("metrics-stand-in")
+    get_settings.cache_clear()
 
 
 def scrape(client: TestClient) -> Samples:

@@ -674,13 +674,14 @@ def test_too_many_active_jobs_is_429_before_anything_is_stored(
         ("POST", f"{base}/{docs[0]}:reingest", {}),
         ("POST", f"/v1/jobs/{jobs[0]}/retry", {}),
     ]
+    from api import routes
     from api.deps import limit_active_jobs
 
     limited = [
         route
-        for route in api.app.routes
-        if hasattr(route, "dependant")
-        and any(d.call is limit_active_jobs for d in route.dependant.dependencies)
+        for module in (routes.documents, routes.jobs, routes.search, routes.uploads)
+        for route in module.router.routes
+        if any(d.dependency is limit_active_jobs for d in getattr(route, "dependencies", ()))
     ]
     assert len(limited) == len(submissions) - 1
     for method, path, kwargs in submissions:

@@ -160,7 +160,7 @@ def test_add_explains_what_is_missing(cli, store_target: StoreTarget) -> None:
     cases = {
         ("storage", "add", block_name(), store_target.base): "no S3 credentials to save: set",
         ("storage", "add", "Not A Name", store_target.base): "lowercase letters, digits",
-        ("storage", "add", block_name(), "/tmp/folder"): "takes s3://, gs:// or az:// URIs",
+        ("storage", "add", block_name(), "/tmp/folder"): "takes az://, gs:// or s3:// URIs",
         ("storage", "add", block_name(), "gs://b/", "--region", "x"): "apply to s3:// only",
     }
     for args, message in cases.items():
