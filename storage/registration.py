@@ -48,8 +48,8 @@ def register_source(
     provider = STORES.get(scheme).credentials if scheme in STORES.names() else None
     if provider is None:
         takes = [f"{s}://" for s in STORES.names() if STORES.get(s).credentials]
-        listed = ", ".join(takes[:-1]) + f" or {takes[-1]}" if len(takes) > 1 else "".join(takes)
-        raise ConfigError(f"storage add takes {listed} URIs, not {uri}")
+        schemes = ", ".join(takes[:-1]) + f" or {takes[-1]}" if len(takes) > 1 else "".join(takes)
+        raise ConfigError(f"storage add takes {schemes} URIs, not {uri}")
     split_uri(uri)  # a bucket must be named
     if not _NAME.match(name):
         raise ConfigError(f"block name {name!r}: use lowercase letters, digits and dashes")

@@ -153,7 +153,9 @@ def takes_documents(
     """A route that takes documents in and starts their job: 202, with the tenant's job limit
     checked first; with ``duplicates``, 200 and the existing document when identical bytes
     are already in the collection."""
-    duplicate = {200: {"model": response_model, "description": "Identical bytes already there."}}
+    duplicate: dict[int | str, dict[str, Any]] = {
+        200: {"model": response_model, "description": "Identical bytes already there."}
+    }
     return router.post(
         path,
         status_code=202,

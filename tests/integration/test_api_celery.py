@@ -16,6 +16,9 @@ from tests.support.celery_worker import run_celery_worker, worker_env
 from tests.support.db import document_rows, statuses
 from tests.support.service import wait_until
 
+# Jobs run end to end on a real Celery worker.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def celery_api(service_env, celery_redis, monkeypatch) -> Iterator[TestClient]:

@@ -16,6 +16,9 @@ from tests.integration.test_api import make_key
 from tests.support.db import chunk_rows, document_rows, statuses
 from tests.support.service import wait_until
 
+# Every test runs jobs end to end on served deployments (one flow-run process per job).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def tenant_key() -> dict[str, str]:

@@ -12,9 +12,13 @@ import threading
 import time
 
 import psycopg
+import pytest
 
 from ingestflow.core.types import DocumentStatus
 from tests.support.db import consistency_problems
+
+# A reader polls thousands of times through six re-indexes.
+pytestmark = pytest.mark.slow
 
 REINDEXES = 6
 MIN_POLLS = 50

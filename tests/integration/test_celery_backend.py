@@ -24,6 +24,9 @@ from tests.support.celery_worker import run_celery_worker, worker_env
 from tests.support.db import chunk_rows, consistency_problems, document_rows, statuses
 from tests.support.processes import free_port
 
+# Every test runs jobs on a real Celery worker process.
+pytestmark = pytest.mark.slow
+
 JOB_TIMEOUT = 240.0  # a guard against hanging, not an expectation
 
 
@@ -278,7 +281,6 @@ def chunk_snapshot(collection: str) -> list[tuple[str, int, str]]:
     )
 
 
-@pytest.mark.slow
 def test_a_task_of_a_killed_worker_is_redelivered_and_ends_exact(
     celery_redis, pipeline, backend, collection, tmp_path
 ):

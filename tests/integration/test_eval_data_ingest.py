@@ -16,6 +16,9 @@ import pytest
 from ingestflow.core.types import DocumentOutcome, DocumentStatus
 from tests.support.db import chunk_rows, consistency_problems, document_rows
 
+# Every file of the evaluation set through the whole pipeline.
+pytestmark = pytest.mark.slow
+
 INDEXED, UNCHANGED, FAILED = DocumentStatus.INDEXED, DocumentStatus.UNCHANGED, DocumentStatus.FAILED
 
 INDEXED_OK = None  # indexed, with at least one chunk

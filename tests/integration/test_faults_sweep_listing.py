@@ -21,6 +21,9 @@ from tests.support.emulators import make_store_target
 from tests.support.fault_proxy import run_fault_proxy
 from tests.support.faults import exact_state_problems
 
+# A sweep through a proxy that cuts the store's listing: seconds of retries per case.
+pytestmark = pytest.mark.slow
+
 OBJECTS = 12
 PAGE = 3
 

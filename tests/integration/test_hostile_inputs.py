@@ -30,6 +30,9 @@ from tests.integration.test_eval_data_ingest import pdf_passwords
 from tests.support.db import consistency_problems, document_rows
 from tests.support.hostile import CASES, INDEXED, LIMITS, Expected, build_cases, case, failed
 
+# Every hostile file and every evaluation file, through the whole pipeline.
+pytestmark = pytest.mark.slow
+
 GIB = 1024**3
 
 
@@ -93,7 +96,6 @@ def test_limits(monkeypatch):
     close_shared_sandbox()  # the next user starts workers with its own limits
 
 
-@pytest.mark.slow
 def test_hostile_set_and_all_eval_data_in_one_batch(
     pipeline, collection, eval_data, tmp_path, test_limits
 ):

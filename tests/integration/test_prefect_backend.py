@@ -20,6 +20,9 @@ from tests.conftest import REPO
 from tests.support.db import document_rows, statuses
 from tests.support.processes import free_port
 
+# Jobs run end to end on served deployments (one flow-run process per job).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def registered(prefect_server):

@@ -29,6 +29,9 @@ from tests.integration.test_api_service import _finished_job, _matrix_requests
 from tests.support.db import document_rows
 from tests.support.emulators import BUCKET, MOTO_REGION
 
+# Jobs run end to end on served deployments; each check drives the whole service.
+pytestmark = pytest.mark.slow
+
 # Distinctive secrets (none shaped like "sk-...", so only exact redaction can hide them).
 OPENAI_KEY = "oaikey" + uuid.uuid4().hex + uuid.uuid4().hex
 AWS_SECRET = "awssecret" + uuid.uuid4().hex + "Zq9"
