@@ -130,9 +130,7 @@ def ingest_direct(sources: Sequence[str], *, collection: str, tenant: str) -> li
         report(Progress(done=len(outcomes), total=total, outcomes=list(outcomes)))
 
     with tempfile.TemporaryDirectory(prefix="ingestflow-") as tmp:
-        ctx = StageContext.for_run(
-            collection_id=coll.id, config=config, workdir=Path(tmp), settings=settings.ingest
-        )
+        ctx = StageContext(coll.id, config, Path(tmp), settings.ingest)
         run_batches(
             batches,
             ctx,

@@ -110,14 +110,7 @@ def ingest_batches(
     tracker = _Tracker(total)
     public, password = split_password(metadata, password)
     with tempfile.TemporaryDirectory(prefix="ingestflow-") as tmp:
-        ctx = StageContext.for_run(
-            collection_id=coll.id,
-            config=config,
-            workdir=Path(tmp),
-            settings=settings.ingest,
-            force=force,
-            flow_run_id=flow_run.id,
-        )
+        ctx = StageContext(coll.id, config, Path(tmp), settings.ingest, force, flow_run.id)
         run_batches(
             batches,
             ctx,

@@ -73,7 +73,9 @@ def fetch_documents(
     """The fetch stage over a micro-batch: each source into ``ctx.workdir``."""
 
     def step(work: DocWork) -> DocWork:
-        fetched = fetch_source(work.source, dest_dir=ctx.workdir, max_bytes=ctx.max_document_bytes)
+        fetched = fetch_source(
+            work.source, dest_dir=ctx.workdir, max_bytes=ctx.limits.max_document_bytes
+        )
         return replace(work, fetched=fetched)
 
     return per_document(works, step, stage="fetch", final_attempt=final_attempt)

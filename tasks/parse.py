@@ -55,12 +55,12 @@ def parse_documents(
     workers: int | None = None,
     limits: ParseLimits | None = None,
 ) -> list[DocWork]:
-    """The parse stage over a micro-batch, ``workers`` (else ``ctx.parse_workers``) documents
+    """The parse stage over a micro-batch, ``workers`` (else ``ctx.limits.parse_workers``) documents
     at a time, within ``limits`` (else the ``INGESTFLOW_PARSE_*`` settings).
 
     Every parse error is final for its document: the same bytes fail the same way again.
     """
-    workers = workers or (ctx.parse_workers if ctx else 1)
+    workers = workers or (ctx.limits.parse_workers if ctx else 1)
     limits = limits or ParseLimits.from_settings(get_settings().parse)
     sandbox = None
     if limits.isolation == "process":

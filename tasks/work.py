@@ -40,36 +40,15 @@ def split_password(
 @dataclass(frozen=True)
 class StageContext:
     """What every stage of one run shares: the collection, the stage configuration, a
-    scratch folder for fetched files, and the run's limits."""
+    scratch folder for fetched files, the run's limits (``INGESTFLOW_*``), whether to
+    re-index known bytes, and the flow run it belongs to."""
 
     collection_id: int
     config: PipelineConfig
     workdir: Path
+    limits: IngestSettings = field(default_factory=IngestSettings)
     force: bool = False
     flow_run_id: str | None = None
-    max_document_bytes: int = 200 * 1024 * 1024
-    parse_workers: int = 1
-
-    @classmethod
-    def for_run(
-        cls,
-        *,
-        collection_id: int,
-        config: PipelineConfig,
-        workdir: Path,
-        settings: IngestSettings,
-        force: bool = False,
-        flow_run_id: str | None = None,
-    ) -> StageContext:
-        return cls(
-            collection_id=collection_id,
-            config=config,
-            workdir=workdir,
-            force=force,
-            flow_run_id=flow_run_id,
-            max_document_bytes=settings.max_document_bytes,
-            parse_workers=settings.parse_workers,
-        )
 
 
 @dataclass(frozen=True)

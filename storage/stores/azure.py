@@ -20,14 +20,7 @@ from typing import Any
 from ingestflow.core.errors import ConfigError, IngestError, SourceNotFoundError
 from ingestflow.core.settings import StoreSettings
 from storage import objectstore
-from storage.objectstore import (
-    BlockCredentials,
-    ObjectInfo,
-    PagedListing,
-    Sink,
-    StoreKind,
-    WriteResult,
-)
+from storage.objectstore import ObjectInfo, PagedListing, Sink, WriteResult
 from storage.stores._common import Meter, Op, Parts, emit, load_credentials, per_settings, transient
 
 _NO_CREDENTIALS = (
@@ -193,7 +186,7 @@ def _is_azure_credentials(creds: Any) -> bool:
     return isinstance(creds, AzureBlobStorageCredentials)
 
 
-AZURE_CREDENTIALS = BlockCredentials(
+AZURE_CREDENTIALS = objectstore.BlockCredentials(
     "azure-blob-storage-credentials",
     "INGESTFLOW_STORE_AZURE_BLOCK",
     carried_as="credentials",
@@ -202,4 +195,4 @@ AZURE_CREDENTIALS = BlockCredentials(
     from_env=azure_from_env,
     store_with=azure_store_with,
 )
-AZURE = StoreKind(open=per_settings(AzureBlobStore), credentials=AZURE_CREDENTIALS)
+AZURE = objectstore.StoreKind(open=per_settings(AzureBlobStore), credentials=AZURE_CREDENTIALS)

@@ -21,14 +21,7 @@ from typing import Any
 from ingestflow.core.errors import ConfigError, IngestError, SourceNotFoundError
 from ingestflow.core.settings import StoreSettings
 from storage import objectstore
-from storage.objectstore import (
-    BlockCredentials,
-    ObjectInfo,
-    PagedListing,
-    Sink,
-    StoreKind,
-    WriteResult,
-)
+from storage.objectstore import ObjectInfo, PagedListing, Sink, WriteResult
 from storage.stores._common import Meter, Op, emit, load_credentials, per_settings, transient
 
 _NO_CREDENTIALS = (
@@ -238,7 +231,7 @@ def gcs_store_with(settings: StoreSettings, creds: Any) -> GcsStore:
     return store
 
 
-GCS_CREDENTIALS = BlockCredentials(
+GCS_CREDENTIALS = objectstore.BlockCredentials(
     "gcp-credentials",
     "INGESTFLOW_STORE_GCS_BLOCK",
     carried_as="gcp_credentials",
@@ -247,4 +240,4 @@ GCS_CREDENTIALS = BlockCredentials(
     from_env=gcp_from_env,
     store_with=gcs_store_with,
 )
-GCS = StoreKind(open=per_settings(GcsStore), credentials=GCS_CREDENTIALS)
+GCS = objectstore.StoreKind(open=per_settings(GcsStore), credentials=GCS_CREDENTIALS)

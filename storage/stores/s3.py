@@ -19,14 +19,7 @@ from typing import Any
 from ingestflow.core.errors import ConfigError, IngestError, SourceNotFoundError
 from ingestflow.core.settings import StoreSettings
 from storage import objectstore
-from storage.objectstore import (
-    BlockCredentials,
-    ObjectInfo,
-    PagedListing,
-    Sink,
-    StoreKind,
-    WriteResult,
-)
+from storage.objectstore import ObjectInfo, PagedListing, Sink, WriteResult
 from storage.stores._common import (
     Meter,
     Op,
@@ -269,7 +262,7 @@ def s3_store_with(settings: StoreSettings, creds: Any) -> S3Store:
     return store
 
 
-S3_CREDENTIALS = BlockCredentials(
+S3_CREDENTIALS = objectstore.BlockCredentials(
     "aws-credentials",
     "INGESTFLOW_STORE_S3_BLOCK",
     carried_as="credentials",
@@ -278,4 +271,4 @@ S3_CREDENTIALS = BlockCredentials(
     from_env=aws_from_env,
     store_with=s3_store_with,
 )
-S3 = StoreKind(open=per_settings(S3Store), credentials=S3_CREDENTIALS)
+S3 = objectstore.StoreKind(open=per_settings(S3Store), credentials=S3_CREDENTIALS)

@@ -237,3 +237,28 @@ def test_same_bytes_under_another_name_are_unchanged_and_searchable(pipeline, co
     sources = {h.source_uri.rsplit("/", 1)[-1] for h in search("otters", collection=collection)}
     assert sources == {"otters.md", "otters-copy.md"}
     assert consistency_problems(collection) == []
+
+
+def test_documents_fingerprinted_in_the_old_spelling_stay_unchanged(pipeline, collection, corpus):
+    """Migration 0007 respells stored fingerprints ("parse-v1;chunk=chars:1000/200") as the
+    typed configuration derives them, so an upgrade re-indexes nothing."""
+    from importlib import resources
+
+    from ingestflow import ingest
+    from storage.db import connection
+
+    ingest(corpus / "volcano.txt", collection=collection)
+    with connection() as conn:
+        conn.execute(
+            "UPDATE documents SET pipeline = 'parse-v1;chunk=chars:1000/200' WHERE collection_id"
+            " = (SELECT id FROM collections WHERE name = %s)",
+            (collection,),
+        )
+        migration = resources.files("storage.migrations") / "0007_pipeline_fingerprint.sql"
+        conn.execute(migration.read_text().encode())
+    embedded_before = pipeline.stats().texts_embedded
+
+    again = ingest(corpus / "volcano.txt", collection=collection)
+
+    assert again.outcomes[0].status is UNCHANGED
+    assert pipeline.stats().texts_embedded == embedded_before

@@ -16,6 +16,7 @@ from ingestflow.core.errors import (
     TooLargeError,
     is_permanent,
 )
+from ingestflow.core.settings import IngestSettings
 from ingestflow.core.types import DocumentStatus
 from storage import objectstore
 from storage.objectstore import canonical_uri, local_path, scheme_of
@@ -197,7 +198,8 @@ def flaky_scheme() -> Iterator[str]:
 
 def _ctx(dest: Path, max_bytes: int) -> StageContext:
     config = PipelineConfig(embedding=EmbeddingConfig(provider="unused", model="unused"))
-    return StageContext(collection_id=0, config=config, workdir=dest, max_document_bytes=max_bytes)
+    limits = IngestSettings(max_document_bytes=max_bytes)
+    return StageContext(collection_id=0, config=config, workdir=dest, limits=limits)
 
 
 def test_fetch_documents_isolates_a_failing_document(tmp_path: Path, dest: Path) -> None:
