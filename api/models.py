@@ -151,21 +151,34 @@ class JobProgress(BaseModel):
     documents_total: int
     documents_done: int
     documents_failed: int
-    chunks: int
+    chunks: int = Field(description="Chunks stored for the job's documents.")
+    chunks_total: int = Field(description="Chunks found in the documents being indexed.")
+    chunks_embedded: int = Field(description="Of those, embedded (or found in the cache).")
+    chunks_written: int = Field(description="Of those, written to the index.")
+
+
+# What a job's state can be (a queue backend's own words, like "cancelling", never show).
+JobStateName = Literal[
+    "queued", "running", "completed", "completed_with_errors", "failed", "cancelled"
+]
 
 
 class Job(BaseModel):
     id: str
-    state: str = Field(
-        description="queued, running, completed, failed, cancelling, cancelled or unknown."
+    state: JobStateName = Field(
+        description="completed_with_errors: some documents failed; failed: the run failed or"
+        " every document did."
     )
-    kind: str | None = Field(description="ingest or delete; null if the backend forgot it.")
+    kind: Literal["ingest", "delete"]
     collection: str
+    backend: str = Field(description="The queue backend that ran it: prefect or celery.")
+    priority: str
     progress: JobProgress
     errors: list[JobErrorModel]
-    created_at: datetime | None
+    created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    updated_at: datetime
     flow_run_id: str | None
     flow_run_url: str | None = Field(description="The run in the Prefect UI.")
     message: str | None

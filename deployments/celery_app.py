@@ -56,6 +56,8 @@ from deployments.prefect_server import use_running_server
 from deployments.queue import JobRequest
 from ingestflow.core.settings import get_settings
 from ingestflow.core.types import JobKind
+from storage.db import transaction
+from storage.jobs import create_job
 
 INGEST_TASK = "ingestflow.ingest"
 DELETE_TASK = "ingestflow.delete"
@@ -148,10 +150,22 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def _begin(task: Task) -> None:
+def _begin(task: Task, request: JobRequest) -> None:
     """Record the start; skip a job that was cancelled while this worker did not listen
-    (a revoke is broadcast to the workers running at the time and kept only in memory)."""
+    (a revoke is broadcast to the workers running at the time and kept only in memory).
+    A task sent without a job record (plain ``ingest.delay()``) gets one."""
     job_id = task.request.id
+    with transaction() as conn:
+        create_job(
+            conn,
+            job_id=request.job_id,
+            tenant=request.tenant,
+            collection=request.collection,
+            kind=request.kind.value,
+            backend="celery",
+            run_id=job_id,
+            documents=len(request.sources or request.document_ids),
+        )
     client = task.backend.client
     if client.hget(job_key(job_id), "cancelled"):
         # task_track_started has just stored STARTED over the REVOKED that cancel() wrote.
@@ -173,16 +187,24 @@ def ingest(
     collection: str = "default",
     tenant: str = "default",
     force: bool = False,
+    job_id: str | None = None,
 ) -> dict[str, Any]:
     """Ingest ``sources`` into ``collection`` of ``tenant`` through ``flows.ingest_batch``.
 
     Returns a JSON summary: document counts by status, the flow run id, and the failures
-    as ``{"source", "error"}``.
+    as ``{"source", "error"}``. The job is ``job_id``, or this task's id (a task sent with
+    plain ``ingest.delay()`` gets a job record then).
     """
-    _begin(self)
+    request = JobRequest.ingest(
+        sources=sources,
+        collection=collection,
+        tenant=tenant,
+        force=force,
+        job_id=job_id or self.request.id,
+    )
+    _begin(self, request)
     from flows import ingest_batch  # Prefect is imported in the worker's child, after fork
 
-    request = JobRequest.ingest(sources=sources, collection=collection, tenant=tenant, force=force)
     state = ingest_batch(**request.flow_parameters(), return_state=True)
     result = state.result()
     return ingest_summary(result, tenant=tenant, flow_run_id=_flow_run_id(state))
@@ -190,13 +212,22 @@ def ingest(
 
 @app.task(name=DELETE_TASK, bind=True)
 def delete(
-    self: Task, document_ids: list[str], collection: str = "default", tenant: str = "default"
+    self: Task,
+    document_ids: list[str],
+    collection: str = "default",
+    tenant: str = "default",
+    job_id: str | None = None,
 ) -> dict[str, Any]:
     """Delete documents of ``collection`` of ``tenant`` through ``flows.delete_documents``."""
-    _begin(self)
+    request = JobRequest.delete(
+        document_ids=document_ids,
+        collection=collection,
+        tenant=tenant,
+        job_id=job_id or self.request.id,
+    )
+    _begin(self, request)
     from flows import delete_documents
 
-    request = JobRequest.delete(document_ids=document_ids, collection=collection, tenant=tenant)
     state = delete_documents(**request.flow_parameters(), return_state=True)
     result = state.result()
     return {

@@ -18,7 +18,6 @@ which never names the URL. This module (and Celery with it) is imported only whe
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime
@@ -74,7 +73,7 @@ class CeleryBackend:
     def submit(self, request: JobRequest) -> str:
         """Queue an ``ingestflow.ingest`` or ``ingestflow.delete`` task, with the flow's
         parameters as its keyword arguments, on the request's priority queue."""
-        job_id = str(uuid.uuid4())
+        job_id = request.job_id  # the task's id, so the job and its task share one
         priority = Priority(request.priority)
         with self._reachable():
             if request.idempotency_key:

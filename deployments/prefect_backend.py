@@ -58,6 +58,7 @@ class PrefectBackend:
     """Jobs as flow runs of the Prefect deployments (see the module docstring)."""
 
     name = "prefect"
+    runs_are_flow_runs = True  # a job's run id is its Prefect flow run's id
 
     def submit(self, request: JobRequest) -> str:
         """Create a flow run of the kind's deployment (``ingest-batch`` or

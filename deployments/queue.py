@@ -9,6 +9,7 @@ factory named in the ``ingestflow.queue_backends`` entry points; two are built i
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,15 +23,16 @@ from ingestflow.core.types import JobKind, JobState, Priority
 # The parameters of each kind's flow (``flows.ingest_batch``, ``flows.delete_documents``), in
 # the order of their signatures: what a backend passes, on any backend.
 FLOW_PARAMETERS: dict[JobKind, tuple[str, ...]] = {
-    JobKind.INGEST: ("sources", "collection", "tenant", "force"),
-    JobKind.DELETE: ("document_ids", "collection", "tenant"),
+    JobKind.INGEST: ("sources", "collection", "tenant", "force", "job_id"),
+    JobKind.DELETE: ("document_ids", "collection", "tenant", "job_id"),
 }
 
 
 @dataclass(frozen=True)
 class JobRequest:
     """One job to submit: ingest ``sources`` or delete ``document_ids`` of a tenant's
-    collection. ``idempotency_key``: the same key returns the same job (where supported)."""
+    collection. ``job_id`` names its record (a new one is made up); ``idempotency_key``: the
+    same key returns the same job (where supported)."""
 
     kind: JobKind
     tenant: str
@@ -40,6 +42,7 @@ class JobRequest:
     force: bool = False
     priority: Priority = Priority.NORMAL
     idempotency_key: str | None = None
+    job_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
     @classmethod
     def ingest(cls, *, sources: Sequence[str], **fields: Any) -> JobRequest:
@@ -57,6 +60,7 @@ class JobRequest:
             "collection": self.collection,
             "tenant": self.tenant,
             "force": self.force,
+            "job_id": self.job_id,
         }
         return {name: values[name] for name in FLOW_PARAMETERS[self.kind]}
 
@@ -86,7 +90,7 @@ class QueueBackend(Protocol):
     name: str
 
     def submit(self, request: JobRequest) -> str:
-        """Queue the job and return its id at once."""
+        """Queue the job; return the backend's id of its run at once."""
         ...
 
     def status(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:

@@ -7,13 +7,16 @@ document always records the job that carries it.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from deployments.queue import JobRequest, QueueBackend, get_backend
+from deployments.queue import JobInfo, JobRequest, QueueBackend, get_backend
+from ingestflow.core.errors import BackendUnavailableError, ConfigError
 from ingestflow.core.types import JobState, Priority
 from storage.db import connection, transaction
 from storage.documents import DocumentRecord
 from storage.job_documents import Waiting, assign_job, waiting_documents
+from storage.jobs import JobRecord, create_job, delete_job, find_job, job_for_run, set_run
 
 
 def submit_ingest(
@@ -60,9 +63,40 @@ def submit_delete(
 def submit(
     request: JobRequest, document_ids: list[str], backend: QueueBackend | None = None
 ) -> str:
-    """Submit ``request`` and record that its job now carries ``document_ids``."""
-    job_id = (backend or get_backend()).submit(request)
+    """Record the job, submit it, and record that it now carries ``document_ids``; returns
+    the job's id.
+
+    The record is written first, so a run that starts (and even ends) at once finds it. A
+    submission the backend refuses leaves no record; one it answers with an earlier run (the
+    same idempotency key) is that run's job.
+    """
+    backend = backend or get_backend()
+    job_id = request.job_id
     with transaction() as conn:
+        create_job(
+            conn,
+            job_id=job_id,
+            tenant=request.tenant,
+            collection=request.collection,
+            kind=request.kind.value,
+            backend=backend.name,
+            priority=request.priority.value,
+            documents=len(document_ids),
+        )
+    try:
+        run_id = backend.submit(request)
+    except BaseException:
+        with transaction() as conn:
+            delete_job(conn, job_id=job_id)
+        raise
+    with transaction() as conn:
+        earlier = job_for_run(conn, run_id=run_id)
+        if earlier is not None and earlier.id != job_id:
+            delete_job(conn, job_id=job_id)
+            job_id = earlier.id
+        else:
+            flow_run = run_id if getattr(backend, "runs_are_flow_runs", False) else None
+            set_run(conn, job_id=job_id, run_id=run_id, flow_run_id=flow_run)
         assign_job(conn, document_ids=document_ids, job_id=job_id)
     return job_id
 
@@ -83,7 +117,7 @@ def requeue_waiting(
     backend = backend or get_backend()
     with connection() as conn:
         waiting = waiting_documents(conn, idle_seconds=idle_seconds, limit=limit)
-    live = _live_jobs(backend, {w.job_id for w in waiting if w.job_id})
+    live = _live_jobs({w.job_id for w in waiting if w.job_id})
     orphans: dict[tuple[str, str], list[Waiting]] = defaultdict(list)
     for doc in waiting:
         if doc.job_id not in live:
@@ -98,9 +132,28 @@ def requeue_waiting(
     return RequeueReport(examined=len(waiting), resubmitted=resubmitted, jobs=jobs)
 
 
-def _live_jobs(backend: QueueBackend, job_ids: set[str]) -> set[str]:
+def _live_jobs(job_ids: set[str]) -> set[str]:
+    """The jobs among ``job_ids`` whose runs are queued or running, by their own backends."""
     if not job_ids:
         return set()
-    known = backend.status(sorted(job_ids))
+    with connection() as conn:
+        records = [r for j in sorted(job_ids) if (r := find_job(conn, job_id=j)) is not None]
     active = (JobState.QUEUED, JobState.RUNNING, JobState.CANCELLING)
-    return {job_id for job_id, info in known.items() if info.state in active}
+    return {job_id for job_id, info in run_info(records).items() if info and info.state in active}
+
+
+def run_info(records: Sequence[JobRecord]) -> dict[str, JobInfo | None]:
+    """What each job's own backend knows of its run, by job id: None when the backend does
+    not know the run (expired, or never submitted). Jobs whose backend cannot be reached (or
+    is no longer configured) are left out: nothing is known of them now."""
+    by_backend: dict[str, list[JobRecord]] = defaultdict(list)
+    for record in records:
+        by_backend[record.backend].append(record)
+    found: dict[str, JobInfo | None] = {}
+    for name, group in by_backend.items():
+        try:
+            infos = get_backend(name).status([r.run_id for r in group if r.run_id])
+        except (BackendUnavailableError, ConfigError):
+            continue
+        found.update({r.id: infos.get(r.run_id) if r.run_id else None for r in group})
+    return found

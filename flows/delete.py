@@ -3,22 +3,35 @@
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 
 from storage.migrate import ensure_schema
 from tasks.collections import open_collection
-from tasks.delete import DeleteResult, delete_task
+from tasks.delete import DeleteResult, delete_outcome, delete_task
+from tasks.jobs import job_ended, job_started
+from tasks.work import describe_error
 
 
 @flow(name="delete-documents", flow_run_name="delete from {collection}", log_prints=False)
 def delete_documents(
-    document_ids: list[str], collection: str = "default", tenant: str = "default"
+    document_ids: list[str],
+    collection: str = "default",
+    tenant: str = "default",
+    job_id: str | None = None,
 ) -> DeleteResult:
     """Delete documents of ``collection`` of ``tenant``: chunks removed, rows marked
-    ``deleted``, uploaded copies removed. Ids that do not exist are reported, not errors."""
+    ``deleted``, uploaded copies removed. Ids that do not exist are reported, not errors.
+    ``job_id`` is the job this run does (its record follows the run)."""
     ensure_schema()
-    coll = open_collection(collection, tenant=tenant)
-    result = delete_task(list(dict.fromkeys(document_ids)), coll.id)
+    job_started(job_id, flow_run_id=flow_run.id)
+    try:
+        coll = open_collection(collection, tenant=tenant)
+        result = delete_task(list(dict.fromkeys(document_ids)), coll.id)
+    except BaseException as exc:
+        job_ended(job_id, "failed", describe_error(exc))
+        raise
     result.collection = collection
+    job_ended(job_id, *delete_outcome(result))
     get_run_logger().info(
         "deleted %d document(s) from %r (%d not found)",
         len(result.deleted),

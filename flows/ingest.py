@@ -25,6 +25,7 @@ from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 from pydantic import SecretStr
 
+from ingestflow.core.errors import DocumentsFailedError
 from ingestflow.core.progress import Progress, report
 from ingestflow.core.settings import get_settings
 from ingestflow.core.types import DocumentOutcome, DocumentStatus, IngestResult
@@ -35,10 +36,11 @@ from tasks.config import ChunkingConfig, PipelineConfig
 from tasks.dedupe import dedupe_task
 from tasks.embed import embed_task
 from tasks.fetch import fetch_task, hash_task
+from tasks.jobs import ingest_outcome, job_ended, job_started
 from tasks.parse import parse_task
 from tasks.stages import Stage, micro_batches, run_batches
 from tasks.upsert import upsert_task
-from tasks.work import DocWork, StageContext, split_password
+from tasks.work import DocWork, StageContext, describe_error, split_password
 
 
 @flow(name="ingest-document", flow_run_name="ingest {source}", log_prints=False)
@@ -70,12 +72,14 @@ def ingest_batch(
     password: SecretStr | None = None,
     tenant: str = "default",
     chunking: ChunkingConfig | None = None,
+    job_id: str | None = None,
 ) -> IngestResult:
     """Ingest many documents in one flow run, ``batch_size`` documents per micro-batch.
 
     The embedding model is loaded once, and the chunks of a micro-batch's documents share
     embedding batches. Every document gets its own outcome. ``chunking`` overrides the
-    chunking settings for this run.
+    chunking settings for this run. ``job_id`` is the job this run does (its record follows
+    the run); a job whose documents all fail ends the run ``Failed``.
     """
     batches = micro_batches(sources, batch_size or get_settings().ingest.batch_size)
     return ingest_batches(
@@ -87,6 +91,7 @@ def ingest_batch(
         password=password.get_secret_value() if password else None,
         tenant=tenant,
         chunking=chunking,
+        job_id=job_id,
     )
 
 
@@ -100,17 +105,56 @@ def ingest_batches(
     password: str | None = None,
     tenant: str = "default",
     chunking: ChunkingConfig | None = None,
+    job_id: str | None = None,
 ) -> IngestResult:
     """Run the stages, as Prefect tasks, over each micro-batch of sources as it arrives; call
-    inside a flow. ``total``, when known, drives the progress artifact."""
+    inside a flow. ``total``, when known, drives the progress artifact; the job's record,
+    when there is one, follows the run."""
     ensure_schema()
+    job_started(job_id, flow_run_id=flow_run.id)
+    try:
+        result = _ingest(
+            batches,
+            collection=collection,
+            metadata=metadata,
+            force=force,
+            total=total,
+            password=password,
+            tenant=tenant,
+            chunking=chunking,
+            job_id=job_id,
+        )
+    except BaseException as exc:
+        job_ended(job_id, "failed", describe_error(exc))
+        raise
+    state, message, documents = ingest_outcome(result.outcomes)
+    job_ended(job_id, state, message, documents)
+    if job_id is not None and state == "failed":
+        raise DocumentsFailedError(message or "every document failed")
+    return result
+
+
+def _ingest(
+    batches: Iterable[list[str]],
+    *,
+    collection: str,
+    metadata: dict[str, Any] | None,
+    force: bool,
+    total: int | None,
+    password: str | None,
+    tenant: str,
+    chunking: ChunkingConfig | None,
+    job_id: str | None,
+) -> IngestResult:
     settings = get_settings()
     config = PipelineConfig.from_settings(settings, chunking=chunking)
     coll = collection_task(collection, tenant, config.embedding)
     tracker = _Tracker(total)
     public, password = split_password(metadata, password)
     with tempfile.TemporaryDirectory(prefix="ingestflow-") as tmp:
-        ctx = StageContext(coll.id, config, Path(tmp), settings.ingest, force, flow_run.id)
+        ctx = StageContext(
+            coll.id, config, Path(tmp), settings.ingest, force, flow_run.id, job_id, tenant
+        )
         run_batches(
             batches,
             ctx,

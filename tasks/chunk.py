@@ -16,10 +16,9 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from prefect import task
-
 from ingestflow.core.types import Chunk, Segment
-from tasks.options import stage_options
+from tasks.jobs import chunks_progressed
+from tasks.options import stage_task
 from tasks.work import DocWork, StageContext, per_document
 
 SEPARATORS = ("\n\n", "\n", ". ", "。", " ")
@@ -146,9 +145,10 @@ def chunk_documents(
         )
         return replace(work, chunks=chunks, segments=None)
 
-    return per_document(works, step, stage="chunk", final_attempt=True)
+    done = per_document(works, step, stage="chunk", final_attempt=True)
+    found = sum(len(w.chunks or []) for w in done if w.active)
+    chunks_progressed(ctx.job_id, total=found, flush=True)
+    return done
 
 
-@task(**stage_options("chunk", timeout_seconds=1800))
-def chunk_task(works: list[DocWork], ctx: StageContext) -> list[DocWork]:
-    return chunk_documents(works, ctx)
+chunk_task = stage_task("chunk", timeout_seconds=1800)(chunk_documents)

@@ -5,12 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from prefect import task
-
 from ingestflow.core.types import DocumentStatus
 from storage.db import transaction
 from storage.documents import claim_document
-from tasks.options import stage_options
+from tasks.options import stage_task
 from tasks.work import DocWork, StageContext, Stopwatch
 
 
@@ -55,6 +53,4 @@ def dedupe_documents(
     return [replace(w, timings=w.timed("dedupe", share)) for w in out]
 
 
-@task(**stage_options("dedupe", timeout_seconds=600))
-def dedupe_task(works: list[DocWork], ctx: StageContext) -> list[DocWork]:
-    return dedupe_documents(works, ctx)
+dedupe_task = stage_task("dedupe", timeout_seconds=600)(dedupe_documents)

@@ -68,6 +68,19 @@ def delete_documents(document_ids: Sequence[str], *, collection_id: int) -> Dele
     return result
 
 
+def delete_outcome(result: DeleteResult) -> tuple[str, str | None, tuple[int, int, int]]:
+    """A finished delete job's state, message and documents (total, done, failed): ``failed``
+    when no document could be deleted, ``completed_with_errors`` when some could not, else
+    ``completed`` (ids that do not exist are reported, not errors)."""
+    done, failed = len(result.deleted) + len(result.missing), len(result.errors)
+    counts = (done + failed, done, failed)
+    if not result.errors:
+        return "completed", None, counts
+    first = next(iter(result.errors.items()))
+    message = f"{failed} could not be deleted; the first, {first[0]}: {first[1]}"
+    return ("completed_with_errors" if result.deleted else "failed"), message, counts
+
+
 @task(**stage_options("delete", timeout_seconds=600))
 def delete_task(document_ids: list[str], collection_id: int) -> DeleteResult:
     return delete_documents(document_ids, collection_id=collection_id)

@@ -9,17 +9,18 @@ to the first of them, so the charges add up to what the provider was sent.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
-from prefect import task
 
 from ingestflow.core.errors import is_permanent
 from storage.db import transaction
 from storage.embedding_cache import cached_vectors, store_vectors
 from tasks.embedders import Embedder
-from tasks.options import final_attempt, stage_options
+from tasks.jobs import chunks_progressed
+from tasks.options import stage_task
 from tasks.work import DocWork, StageContext, Stopwatch, describe_error, error_code
 
 
@@ -35,7 +36,7 @@ def embed_documents(
     active = [w for w in works if w.active and w.chunks]
     try:
         with Stopwatch() as watch:
-            vectors, sent = _vectors_by_hash(active, embedder) if active else ({}, {})
+            vectors, sent = _vectors_by_hash(active, embedder, ctx) if active else ({}, {})
     except Exception as exc:
         if not (is_permanent(exc) or final_attempt):
             raise
@@ -66,16 +67,23 @@ def embed_documents(
 
 
 def _vectors_by_hash(
-    works: Sequence[DocWork], embedder: Embedder
+    works: Sequence[DocWork], embedder: Embedder, ctx: StageContext
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Vectors for every chunk hash in ``works``, and the tokens sent for each hash that was
-    newly embedded (cache hits are absent)."""
+    newly embedded (cache hits are absent). The job's progress counts chunks: those whose
+    vectors were cached at once, the others as their embedding batches come back."""
     texts = {c.content_hash: c.content for w in works for c in w.chunks or []}
+    chunks_of = Counter(c.content_hash for w in works for c in w.chunks or [])
     with transaction() as conn:
         vectors = cached_vectors(conn, model=embedder.identity, content_hashes=list(texts))
     missing = [h for h in texts if h not in vectors]
+    chunks_progressed(ctx.job_id, embedded=sum(chunks_of[h] for h in vectors))
+
+    def embedded(positions: list[int]) -> None:
+        chunks_progressed(ctx.job_id, embedded=sum(chunks_of[missing[i]] for i in positions))
+
     if missing:
-        fresh = embedder.embed([texts[h] for h in missing])
+        fresh = embedder.embed([texts[h] for h in missing], on_batch=embedded)
         new = dict(zip(missing, fresh, strict=True))
         # Cache before the upsert, so a crash after this point never pays for them again.
         with transaction() as conn:
@@ -84,6 +92,4 @@ def _vectors_by_hash(
     return vectors, {h: embedder.count_tokens(texts[h]) for h in missing}
 
 
-@task(**stage_options("embed", timeout_seconds=4 * 3600))
-def embed_task(works: list[DocWork], ctx: StageContext) -> list[DocWork]:
-    return embed_documents(works, ctx, final_attempt=final_attempt())
+embed_task = stage_task("embed", timeout_seconds=4 * 3600)(embed_documents)

@@ -10,12 +10,10 @@ from dataclasses import replace
 from pathlib import Path
 from urllib.parse import unquote
 
-from prefect import task
-
 from ingestflow.core.errors import TooLargeError
 from ingestflow.core.types import FetchedSource
 from storage.objectstore import canonical_uri, store_for
-from tasks.options import final_attempt, stage_options
+from tasks.options import stage_task
 from tasks.work import DocWork, StageContext, per_document
 
 
@@ -93,11 +91,7 @@ def hash_documents(
     return per_document(works, step, stage="hash", final_attempt=final_attempt)
 
 
-@task(**stage_options("fetch", timeout_seconds=3600))
-def fetch_task(works: list[DocWork], ctx: StageContext) -> list[DocWork]:
-    return fetch_documents(works, ctx, final_attempt=final_attempt())
+fetch_task = stage_task("fetch", timeout_seconds=3600)(fetch_documents)
 
 
-@task(**stage_options("hash", timeout_seconds=600))
-def hash_task(works: list[DocWork], ctx: StageContext) -> list[DocWork]:
-    return hash_documents(works, ctx, final_attempt=final_attempt())
+hash_task = stage_task("hash", timeout_seconds=600)(hash_documents)

@@ -1,13 +1,20 @@
-"""How every stage task is wrapped: retries with backoff and jitter, timeouts, tags.
+"""How every stage task is wrapped: retries with backoff and jitter, timeouts, tags, and
+the record of each run (its outcome and duration, for ``/metrics``).
 
 Permanent errors (bad input, bad configuration) are never retried.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from prefect import Task, task
 
 from ingestflow.core.errors import is_permanent
+from tasks.jobs import stage_ran
+from tasks.work import DocWork, StageContext
 
 RETRIES = 3
 
@@ -46,3 +53,38 @@ def final_attempt() -> bool:
 
     count = task_run.run_count
     return not count or count > RETRIES
+
+
+class PlainStage(Protocol):
+    def __call__(
+        self, works: list[DocWork], ctx: StageContext, /, *, final_attempt: bool = True
+    ) -> list[DocWork]: ...
+
+
+def stage_task(
+    stage: str, *, timeout_seconds: float
+) -> Callable[[PlainStage], Task[[list[DocWork], StageContext], list[DocWork]]]:
+    """A plain stage function as its Prefect task: ``task(works, ctx)`` runs it, told whether
+    this is the final attempt, and records the run as ``succeeded``, ``retried`` (a transient
+    error the task will retry) or ``failed``."""
+
+    def wrap(fn: PlainStage) -> Task[[list[DocWork], StageContext], list[DocWork]]:
+        def run(works: list[DocWork], ctx: StageContext) -> list[DocWork]:
+            started = time.perf_counter()
+            last = final_attempt()
+            try:
+                done = fn(works, ctx, final_attempt=last)
+            except Exception:
+                outcome = "failed" if last else "retried"
+                stage_ran(ctx.tenant, stage, outcome, time.perf_counter() - started)
+                raise
+            stage_ran(ctx.tenant, stage, "succeeded", time.perf_counter() - started)
+            return done
+
+        # Named as the plain function, but with its own signature: Prefect binds a task's
+        # parameters by the signature, which must not grow ``final_attempt``.
+        run.__name__ = run.__qualname__ = getattr(fn, "__name__", stage)
+        run.__doc__ = fn.__doc__
+        return task(**stage_options(stage, timeout_seconds=timeout_seconds))(run)
+
+    return wrap

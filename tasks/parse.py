@@ -13,12 +13,10 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
-from prefect import task
-
 from ingestflow.core.errors import EmptyDocumentError
 from ingestflow.core.settings import get_settings
 from ingestflow.core.types import ParsedDocument
-from tasks.options import stage_options
+from tasks.options import stage_task
 from tasks.sandbox import (
     ParseLimits,
     ParseSandbox,
@@ -78,6 +76,4 @@ def parse_documents(
 
 # Each document is bounded by the sandbox's wall-clock limit; this is only the backstop for
 # a whole micro-batch, so it must allow a batch of slow documents.
-@task(**stage_options("parse", timeout_seconds=4 * 3600))
-def parse_task(works: list[DocWork], ctx: StageContext) -> list[DocWork]:
-    return parse_documents(works, ctx)
+parse_task = stage_task("parse", timeout_seconds=4 * 3600)(parse_documents)

@@ -9,13 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from prefect import task
-
 from ingestflow.core.types import DocumentStatus
 from storage.chunks import DocumentChunks, replace_chunks
 from storage.db import transaction
 from storage.documents import record_failure
-from tasks.options import stage_options
+from tasks.jobs import chunks_progressed
+from tasks.options import stage_task
 from tasks.work import INTERNAL_ERROR, DocWork, StageContext, Stopwatch
 
 
@@ -47,6 +46,8 @@ def upsert_documents(
                     metadata=work.metadata,
                 )
     share = watch.seconds / max(len(ready), 1)
+    count = sum(len(w.chunks or []) for w in ready if w.document_id in written)
+    chunks_progressed(ctx.job_id, written=count, flush=True)
     out = []
     for work in works:
         if work.active:
@@ -72,6 +73,4 @@ def _as_chunks(work: DocWork) -> DocumentChunks:
     )
 
 
-@task(**stage_options("upsert", timeout_seconds=3600))
-def upsert_task(works: list[DocWork], ctx: StageContext) -> list[DocWork]:
-    return upsert_documents(works, ctx)
+upsert_task = stage_task("upsert", timeout_seconds=3600)(upsert_documents)

@@ -41,7 +41,8 @@ def split_password(
 class StageContext:
     """What every stage of one run shares: the collection, the stage configuration, a
     scratch folder for fetched files, the run's limits (``INGESTFLOW_*``), whether to
-    re-index known bytes, and the flow run it belongs to."""
+    re-index known bytes, the flow run, and the job it does (None for a run with no job,
+    such as a notebook's) and its tenant."""
 
     collection_id: int
     config: PipelineConfig
@@ -49,6 +50,8 @@ class StageContext:
     limits: IngestSettings = field(default_factory=IngestSettings)
     force: bool = False
     flow_run_id: str | None = None
+    job_id: str | None = None
+    tenant: str = "default"
 
 
 @dataclass(frozen=True)

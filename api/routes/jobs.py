@@ -1,22 +1,19 @@
-"""Jobs: state and progress, listing, cancel, retry, and live progress as Server-Sent Events."""
+"""Jobs: state and progress, listing, cancel, retry, delete, and live progress as Server-Sent
+Events and over a WebSocket."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from api.deps import JobId, Principal, PriorityParam, SubmitsJob
-from api.models import Job, JobAccepted, JobErrorModel, JobPage, JobProgress
-from ingestflow.core.errors import InvalidRequestError
+from api.models import Job, JobAccepted, JobErrorModel, JobPage, JobProgress, JobStateName
 from ingestflow.core.types import JobKind, JobState, Priority
 from ingestflow.service import jobs
 
@@ -30,19 +27,25 @@ EVENT_MAX_SECONDS = 3600.0
 def job_model(view: jobs.JobView) -> Job:
     return Job(
         id=view.id,
-        state=view.state.value,
-        kind=view.kind.value if view.kind else None,
+        state=view.state.value,  # type: ignore[arg-type]  # a record's state is one of these
+        kind=view.kind.value,  # type: ignore[arg-type]
         collection=view.collection,
+        backend=view.backend,
+        priority=view.priority,
         progress=JobProgress(
             documents_total=view.documents_total,
             documents_done=view.documents_done,
             documents_failed=view.documents_failed,
             chunks=view.chunks,
+            chunks_total=view.chunks_total,
+            chunks_embedded=view.chunks_embedded,
+            chunks_written=view.chunks_written,
         ),
         errors=[JobErrorModel.model_validate(e) for e in view.errors],
         created_at=view.created_at,
         started_at=view.started_at,
         finished_at=view.finished_at,
+        updated_at=view.updated_at,
         flow_run_id=view.flow_run_id,
         flow_run_url=view.flow_run_url,
         message=view.message,
@@ -53,33 +56,36 @@ def job_model(view: jobs.JobView) -> Job:
 @router.get("/jobs", response_model=JobPage)
 def list_jobs(
     key: Principal,
-    state: JobState | None = None,
+    state: JobStateName | None = None,
     collection: Annotated[str | None, Query(max_length=200)] = None,
     kind: JobKind | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> JobPage:
-    """The tenant's jobs, most recently active first."""
-    before = _decode_cursor(cursor) if cursor else None
+    """The tenant's jobs, newest first; ``next_cursor`` fetches the next page (null at the
+    end)."""
     listing = jobs.list_jobs(
         tenant=key.tenant,
         collection=collection,
-        state=state,
+        state=JobState(state) if state else None,
         kind=kind,
         limit=limit,
-        before=before,
+        cursor=cursor,
     )
-    after = listing.next_before
-    return JobPage(
-        items=[job_model(v) for v in listing.items],
-        next_cursor=_encode_cursor(after) if after else None,
-    )
+    return JobPage(items=[job_model(v) for v in listing.items], next_cursor=listing.next_cursor)
 
 
 @router.get("/jobs/{job_id}", response_model=Job)
 def get_job(job_id: JobId, key: Principal) -> Job:
     """State, progress (documents and chunks), errors, timings and the Prefect run's URL."""
     return job_model(jobs.get_job(job_id, tenant=key.tenant))
+
+
+@router.delete("/jobs/{job_id}", status_code=204)
+def delete_job(job_id: JobId, key: Principal) -> Response:
+    """Forget a job that has ended: its record, not its documents; 409 while it runs."""
+    jobs.delete_job(job_id, tenant=key.tenant)
+    return Response(status_code=204)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=Job)
@@ -115,38 +121,36 @@ async def job_events(job_id: JobId, key: Principal) -> StreamingResponse:
     )
 
 
-async def _events(job_id: str, tenant: str, view: jobs.JobView) -> AsyncIterator[str]:
+async def _events(job_id: str, tenant: str, first: jobs.JobView) -> AsyncIterator[str]:
+    async for kind, payload in job_snapshots(job_id, tenant, first):
+        if kind == "heartbeat":
+            yield ": keep-alive\n\n"
+        else:
+            yield f"event: {kind}\ndata: {payload}\n\n"
+
+
+async def job_snapshots(
+    job_id: str, tenant: str, view: jobs.JobView
+) -> AsyncIterator[tuple[str, str]]:
+    """The job as it moves: ``progress`` (the job as GET returns it) whenever it changes,
+    ``heartbeat`` when nothing has for a while, then ``end`` once the job has ended, or
+    ``timeout`` after ``EVENT_MAX_SECONDS`` (reconnect to keep watching)."""
     loop = asyncio.get_running_loop()
     started = last_sent = loop.time()
     previous = None
     while True:
         payload = job_model(view).model_dump_json()
         if payload != previous:
-            yield f"event: progress\ndata: {payload}\n\n"
+            yield "progress", payload
             previous, last_sent = payload, loop.time()
         if view.finished:
-            yield f"event: end\ndata: {json.dumps({'state': view.state.value})}\n\n"
+            yield "end", json.dumps({"state": view.state.value})
             return
         if loop.time() - started > EVENT_MAX_SECONDS:
-            yield "event: timeout\ndata: {}\n\n"  # reconnect to keep watching
+            yield "timeout", "{}"
             return
         if loop.time() - last_sent > EVENT_HEARTBEAT_SECONDS:
-            yield ": keep-alive\n\n"
+            yield "heartbeat", "{}"
             last_sent = loop.time()
         await asyncio.sleep(EVENT_POLL_SECONDS)
         view = await run_in_threadpool(jobs.get_job, job_id, tenant=tenant)
-
-
-def _encode_cursor(when: datetime) -> str:
-    return base64.urlsafe_b64encode(when.isoformat().encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> datetime:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        when = datetime.fromisoformat(raw)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidRequestError("the page cursor is malformed") from None
-    if when.tzinfo is None:
-        raise InvalidRequestError("the page cursor is malformed")
-    return when

@@ -121,6 +121,11 @@ class JobConflictError(IngestError, code="job_conflict", permanent=True):
     """The job is in a state where the request makes no sense (retrying a running job)."""
 
 
+class DocumentsFailedError(IngestError, code="documents_failed", permanent=True):
+    """Every document of a job failed: the run ends ``Failed`` (each document's reason is on
+    its row)."""
+
+
 class LimitExceededError(IngestError, code="limit_exceeded", permanent=True):
     """A caller went over one of its limits; it may try again in ``retry_after`` seconds."""
 

@@ -38,17 +38,26 @@ class JobKind(enum.StrEnum):
 
 
 class JobState(enum.StrEnum):
+    """A job's state: what happened to its documents. ``cancelling`` and ``unknown`` are what
+    a queue backend may say of its run; a job's record never holds them."""
+
     QUEUED = "queued"
     RUNNING = "running"
     COMPLETED = "completed"
-    FAILED = "failed"
+    COMPLETED_WITH_ERRORS = "completed_with_errors"  # some documents failed
+    FAILED = "failed"  # the run failed, or every document did
     CANCELLING = "cancelling"
     CANCELLED = "cancelled"
     UNKNOWN = "unknown"
 
     @property
     def terminal(self) -> bool:
-        return self in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
+        return self in (
+            JobState.COMPLETED,
+            JobState.COMPLETED_WITH_ERRORS,
+            JobState.FAILED,
+            JobState.CANCELLED,
+        )
 
 
 @dataclass(frozen=True)

@@ -70,11 +70,16 @@ class Embedder(ABC):
         if batch:
             yield batch
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed any number of texts, batch by batch, keeping their order."""
+    def embed(
+        self, texts: Sequence[str], on_batch: Callable[[list[int]], None] | None = None
+    ) -> np.ndarray:
+        """Embed any number of texts, batch by batch, keeping their order; ``on_batch`` is
+        told the positions of each batch's texts once they are embedded."""
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         for idx in self.batches(texts):
             out[idx] = self.embed_batch([texts[i] for i in idx])
+            if on_batch is not None:
+                on_batch(idx)
         return out
 
     @property

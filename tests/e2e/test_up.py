@@ -99,7 +99,7 @@ def _upload_watch_search(api: str, collection: str) -> None:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             job = client.get(status_url).json()
-            if job["state"] in ("completed", "failed", "cancelled"):
+            if job["state"] in ("completed", "completed_with_errors", "failed", "cancelled"):
                 break
             time.sleep(0.5)
         else:

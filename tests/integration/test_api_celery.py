@@ -47,7 +47,8 @@ def _finished(api: TestClient, key: dict[str, str], job_id: str, timeout: float 
         job = api.get(f"/v1/jobs/{job_id}", headers=key).json()
         p = job["progress"]
         settled = p["documents_done"] + p["documents_failed"] == p["documents_total"]
-        return job if job["state"] in ("completed", "failed", "cancelled") and settled else None
+        ended = job["state"] in ("completed", "completed_with_errors", "failed", "cancelled")
+        return job if ended and settled else None
 
     return wait_until(done, timeout=timeout, what=f"job {job_id} to finish")
 

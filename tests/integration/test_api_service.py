@@ -32,7 +32,7 @@ def _file(name: str, text: str) -> tuple[str, io.BytesIO, str]:
 def _finished_job(api: TestClient, key: dict[str, str], job_id: str, timeout: float = 90):
     def done():
         job = api.get(f"/v1/jobs/{job_id}", headers=key).json()
-        finished = job["state"] in ("completed", "failed", "cancelled")
+        finished = job["state"] in ("completed", "completed_with_errors", "failed", "cancelled")
         progress = job["progress"]
         settled = (
             progress["documents_done"] + progress["documents_failed"] == progress["documents_total"]
@@ -152,12 +152,12 @@ def test_bulk_upload_one_job_and_bad_files_do_not_sink_the_rest(
     assert {d["job_id"] for d in body["documents"]} == {body["operation_id"]}
 
     job = _finished_job(api, tenant_key, body["operation_id"])
-    assert job["progress"] == {
-        "documents_total": 3,
-        "documents_done": 2,
-        "documents_failed": 1,
-        "chunks": job["progress"]["chunks"],
-    }
+    assert job["state"] == "completed_with_errors", job
+    progress = job["progress"]
+    assert (progress["documents_total"], progress["documents_done"]) == (3, 2)
+    assert progress["documents_failed"] == 1
+    assert progress["chunks_total"] == progress["chunks_embedded"] == progress["chunks_written"]
+    assert progress["chunks_written"] == progress["chunks"] >= 2
     [error] = job["errors"]
     assert error["source_uri"].endswith("/fake.pdf") and error["message"]
     assert statuses(collection) == {"a.txt": "indexed", "b.md": "indexed", "fake.pdf": "failed"}
@@ -281,8 +281,8 @@ def test_cancel_then_retry_runs_only_what_was_left(api, tenant_key, collection, 
     finally:
         os.kill(served.pid, signal.SIGCONT)
     assert cancelled.status_code == 200, cancelled.text
-    assert cancelled.json()["state"] in ("cancelled", "cancelling")
-    assert cancelled.json()["progress"]["documents_failed"] == 3
+    assert cancelled.json()["state"] == "cancelled"
+    assert cancelled.json()["progress"]["documents_failed"] == 3, str(cancelled.json())
     assert {e["code"] for e in cancelled.json()["errors"]} == {"cancelled"}
 
     retried = api.post(f"/v1/jobs/{job_id}/retry", headers=tenant_key)
@@ -431,6 +431,7 @@ def _matrix_requests(collection: str, document_id: str, job_id: str):
             f"{docs}/{document_id}",
             {},
         ),
+        ("DELETE", "/v1/jobs/{job_id}"): ("DELETE", f"/v1/jobs/{job_id}", {}),
     }
 
 

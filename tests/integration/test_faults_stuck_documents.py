@@ -70,8 +70,11 @@ def test_documents_of_a_killed_run_are_requeued_by_the_deployment_and_end_exact(
         interval=0.2,
     )
     wait_for(lambda: pipeline.stats().requests > 0, timeout=TIMEOUT, what="an embedding request")
+    flow_run_id = api.get(f"/v1/jobs/{job}", headers=key).json()["flow_run_id"]
     process = wait_for(
-        lambda: flow_run_process(served.pid, job), timeout=TIMEOUT, what="the run's process"
+        lambda: flow_run_process(served.pid, flow_run_id),
+        timeout=TIMEOUT,
+        what="the run's process",
     )
     os.kill(process.pid, signal.SIGKILL)
     killed = time.monotonic()

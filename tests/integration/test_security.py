@@ -438,23 +438,23 @@ class ResponseLog:
         self.texts.append(f"{response.status_code} {dict(response.headers)} {response.text}")
 
 
-def _prefect_records(job_ids: list[str]) -> list[str]:
+def _prefect_records(flow_run_ids: list[str]) -> list[str]:
     """What the Prefect server holds about the runs: parameters, job variables, states,
     task runs, logs, artifacts, and the deployments they came from. Task runs and artifacts
     reach the server as events, a little after a run ends, so this waits for them."""
     from tests.support.faults import wait_for
 
     found = wait_for(
-        lambda: _read_prefect_records(job_ids),
+        lambda: _read_prefect_records(flow_run_ids),
         timeout=60,
         what="the runs' task runs and artifacts on the Prefect server",
         interval=0.5,
     )
-    assert len([r for r in found if '"parameters"' in r]) >= len(job_ids)
+    assert len([r for r in found if '"parameters"' in r]) >= len(flow_run_ids)
     return found
 
 
-def _read_prefect_records(job_ids: list[str]) -> list[str] | None:
+def _read_prefect_records(flow_run_ids: list[str]) -> list[str] | None:
     """The records, or None while the runs' task runs or artifacts are not all there yet."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
@@ -465,7 +465,7 @@ def _read_prefect_records(job_ids: list[str]) -> list[str] | None:
     )
     from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
 
-    ids = [uuid.UUID(j) for j in job_ids]
+    ids = [uuid.UUID(j) for j in flow_run_ids]
     runs = FlowRunFilter(id=FlowRunFilterId(any_=ids))
     found: list[str] = []
     with get_client(sync_client=True) as client:
@@ -529,8 +529,8 @@ def test_no_secret_in_logs_answers_runs_artifacts_or_rows(
     s3 = api.post(f"{docs}:ingest", headers=headers, json={"uri": f"s3://{BUCKET}/k.txt"})
     assert s3.status_code == 202, s3.text
     job_ids = [good["job_id"], refused["job_id"], s3.json()["job_id"]]
-    for job_id in job_ids:
-        _finished_job(api, headers, job_id, timeout=180)
+    finished = [_finished_job(api, headers, job_id, timeout=180) for job_id in job_ids]
+    flow_run_ids = [job["flow_run_id"] for job in finished]
     by_id = {str(r["id"]): r for r in document_rows(collection).values()}
     assert by_id[good["document"]["id"]]["status"] == "indexed"
     assert by_id[refused["document"]["id"]]["status"] == "failed"
@@ -561,7 +561,7 @@ def test_no_secret_in_logs_answers_runs_artifacts_or_rows(
         "this process's logs": [caplog.text] + [str(r.__dict__) for r in caplog.records],
         "the served deployments' log": [served_log.read_text(errors="replace")],
         "HTTP answers": responses.texts,
-        "Prefect": _prefect_records(job_ids),
+        "Prefect": _prefect_records(flow_run_ids),
         "document rows": _database_rows(tenant),
     }
     secrets = {

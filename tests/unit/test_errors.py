@@ -31,6 +31,7 @@ PERMANENT = {
     errors.DocumentNotFoundError,
     errors.JobNotFoundError,
     errors.JobConflictError,
+    errors.DocumentsFailedError,
     errors.LimitExceededError,
     errors.RateLimitedError,
     errors.TooManyJobsError,

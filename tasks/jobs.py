@@ -1,0 +1,94 @@
+"""What a running job writes to its record: that it started, how many chunks it has found,
+embedded and written, and how it ended.
+
+Chunk counts are buffered in this process and written at most once a second per job (and
+when a stage ends), so a long document moves its job's progress every second or two without a
+write per embedding batch. A run with no job (a notebook's ``ingest()``) writes nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+
+from ingestflow.core.types import DocumentOutcome, DocumentStatus
+from storage.db import transaction
+from storage.jobs import add_progress, finish_job, record_stage_run, reset_progress, start_job
+
+FLUSH_SECONDS = 1.0
+_lock = threading.Lock()
+_pending: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+_flushed: dict[str, float] = {}
+
+
+def job_started(job_id: str | None, *, flow_run_id: str | None) -> None:
+    """The run has started: ``running``, its chunk counts from zero (a retried run starts
+    over)."""
+    if job_id is None:
+        return
+    with transaction() as conn:
+        start_job(conn, job_id=job_id, flow_run_id=flow_run_id)
+        reset_progress(conn, job_id=job_id)
+
+
+def chunks_progressed(
+    job_id: str | None, *, total: int = 0, embedded: int = 0, written: int = 0, flush: bool = False
+) -> None:
+    """Count chunks found, embedded or written; written to the record at most once a second,
+    or now with ``flush``."""
+    if job_id is None:
+        return
+    with _lock:
+        counts = _pending[job_id]
+        counts["chunks_total"] += total
+        counts["embedded"] += embedded
+        counts["written"] += written
+        due = flush or time.monotonic() - _flushed.get(job_id, 0.0) >= FLUSH_SECONDS
+        if not due:
+            return
+        taken = dict(_pending.pop(job_id))
+        _flushed[job_id] = time.monotonic()
+    if any(taken.values()):
+        with transaction() as conn:
+            add_progress(conn, job_id=job_id, **taken)
+
+
+def job_ended(
+    job_id: str | None,
+    state: str,
+    message: str | None = None,
+    documents: tuple[int, int, int] | None = None,
+) -> None:
+    """The job's end, and its documents (total, done, failed) when the run knows them."""
+    if job_id is None:
+        return
+    chunks_progressed(job_id, flush=True)
+    with transaction() as conn:
+        finish_job(conn, job_id=job_id, state=state, message=message, documents=documents)
+    with _lock:
+        _flushed.pop(job_id, None)
+
+
+def ingest_outcome(
+    outcomes: Sequence[DocumentOutcome],
+) -> tuple[str, str | None, tuple[int, int, int]]:
+    """A finished ingest job's state, message and documents (total, done, failed):
+    ``failed`` when every document failed, ``completed_with_errors`` when some did, else
+    ``completed``."""
+    failed = [o for o in outcomes if o.status is DocumentStatus.FAILED]
+    counts = (len(outcomes), len(outcomes) - len(failed), len(failed))
+    if not failed:
+        return "completed", None, counts
+    first = f"{failed[0].source_uri}: {failed[0].error or 'failed'}"
+    if len(failed) == len(outcomes):
+        return "failed", f"all {len(failed)} documents failed; the first: {first}", counts
+    return "completed_with_errors", f"{len(failed)} of {len(outcomes)} documents failed", counts
+
+
+def stage_ran(tenant: str, stage: str, outcome: str, seconds: float) -> None:
+    """One run of a stage task: ``succeeded``, ``failed`` or ``retried`` (the counters and
+    histograms of ``/metrics``)."""
+    with transaction() as conn:
+        record_stage_run(conn, tenant=tenant, stage=stage, outcome=outcome, seconds=seconds)
