@@ -26,6 +26,7 @@ from ingestflow.core.errors import IngestError, LimitExceededError
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = 5
+_COLLECTIONS = "/v1/collections/"
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+        if exc.status_code == 404 and request.scope.get("path", "").startswith(_COLLECTIONS):
+            message = "no such route; a collection name cannot contain '/'"
         headers = dict(exc.headers or {})
         if exc.status_code == 405 and (allowed := allowed_methods(request)):
             headers["Allow"] = ", ".join(allowed)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 
 class ErrorDetail(BaseModel):
@@ -24,12 +24,28 @@ class DocumentSummary(BaseModel):
     source_uri: str
     status: str
     error: str | None
+    error_code: str | None = Field(description="A stable snake_case name of the error.")
     chunk_count: int
     media_type: str | None
     size_bytes: int | None
     created_at: datetime
     updated_at: datetime
     indexed_at: datetime | None
+
+    @model_validator(mode="after")
+    def _password_hint(self) -> DocumentSummary:
+        self.error = _hinted(self.error, self.error_code)
+        return self
+
+
+PASSWORD_HINT = "; send its password in the `password` field"
+
+
+def _hinted(message: str | None, code: str | None) -> str | None:
+    """A document that needed a password says how to give one through the API."""
+    if message and code == "password_required" and not message.endswith(PASSWORD_HINT):
+        return f"{message}{PASSWORD_HINT}"
+    return message
 
 
 class DocumentPage(BaseModel):
@@ -58,7 +74,7 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     query: str = Field(min_length=1, max_length=10_000)
-    k: int = Field(default=5, ge=1, le=100)
+    k: int = Field(default=5, ge=1, le=1000)
     filter: dict[str, Any] | None = Field(
         default=None, description="A JSON object the document metadata must contain."
     )
@@ -114,7 +130,14 @@ class IngestUriRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     uri: str = Field(min_length=1, max_length=4096, description="s3://, gs://, az:// ...")
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="A JSON object stored on the document; no secrets."
+    )
+    password: SecretStr | None = Field(
+        default=None,
+        max_length=1024,
+        description="Opens an encrypted PDF; used for this job's run, never stored.",
+    )
     priority: Literal["high", "normal", "low"] = "normal"
     force: bool = False
 
@@ -145,6 +168,11 @@ class JobErrorModel(BaseModel):
     source_uri: str
     code: str | None
     message: str
+
+    @model_validator(mode="after")
+    def _password_hint(self) -> JobErrorModel:
+        self.message = _hinted(self.message, self.code) or self.message
+        return self
 
 
 class JobProgress(BaseModel):

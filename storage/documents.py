@@ -1,7 +1,9 @@
 """Document rows: the one repository that writes a document's status.
 
 Queueing a source, claiming it for (re)indexing, recording it indexed or failed, deleting or
-retiring it, and reading rows back for reports.
+retiring it, and reading rows back for reports. A source is stored in its canonical spelling
+(``storage.objectstore.canonical_uri``: a local path as an absolute ``file://`` URI), so
+``/data/a.pdf`` and ``file:///data/a.pdf`` are one document.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from psycopg.types.json import Jsonb
 from ingestflow.core.errors import DocumentNotFoundError
 from ingestflow.core.types import DocumentStatus
 from storage.db import Conn
+from storage.objectstore import canonical_uri
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ def claim_document(
     embedding). Otherwise the row moves to ``processing`` with the new digest; its old chunks
     stay searchable until the upsert replaces them. Runs in the caller's transaction.
     """
+    source_uri = canonical_uri(source_uri)  # one document per source, however spelled
     row = conn.execute(
         "SELECT id, sha256, pipeline, status, chunk_count FROM documents"
         " WHERE collection_id = %s AND source_uri = %s FOR UPDATE",
@@ -123,6 +127,7 @@ def record_failure(
     error_code: str | None = None,
 ) -> str:
     """Mark a source ``failed`` with a human-readable reason; its existing chunks are kept."""
+    source_uri = canonical_uri(source_uri)  # one document per source, however spelled
     row = conn.execute(
         "INSERT INTO documents (collection_id, source_uri, status, error, error_code, attempts,"
         " flow_run_id, metadata) VALUES (%s, %s, 'failed', %s, %s, 1, %s, %s)"
@@ -308,6 +313,7 @@ def enqueue_document(
 
     Existing chunks stay searchable until a run replaces them.
     """
+    source_uri = canonical_uri(source_uri)  # one document per source, however spelled
     row = conn.execute(
         "INSERT INTO documents (collection_id, source_uri, sha256, size_bytes, status, metadata)"
         " VALUES (%s, %s, %s, %s, 'queued', %s)"

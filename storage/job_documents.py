@@ -13,11 +13,13 @@ from storage.documents import _RECORD_COLUMNS, DocumentRecord, _record
 
 
 def find_by_sha256(conn: Conn, *, collection_id: int, sha256: str) -> DocumentRecord | None:
-    """A live document of the collection with these bytes: indexed first, then in progress."""
+    """A document of the collection with these bytes: indexed first, then in progress, then
+    failed (a deleted one is not found)."""
     row = conn.execute(
         f"SELECT {_RECORD_COLUMNS} FROM documents WHERE collection_id = %s AND sha256 = %s"
-        " AND status IN ('indexed', 'unchanged', 'queued', 'processing')"
-        " ORDER BY status IN ('indexed', 'unchanged') DESC, created_at LIMIT 1",
+        " AND status IN ('indexed', 'unchanged', 'queued', 'processing', 'failed')"
+        " ORDER BY status IN ('indexed', 'unchanged') DESC, status = 'failed', created_at"
+        " LIMIT 1",
         (collection_id, sha256),
     ).fetchone()
     return _record(row) if row else None

@@ -3,14 +3,19 @@ into a ``Collection``."""
 
 from __future__ import annotations
 
+import re
+
 from prefect import task
 
+from ingestflow.core.errors import InvalidRequestError
 from ingestflow.core.settings import get_settings
 from storage.collections import Collection, ensure_collection, get_collection
 from storage.db import connection, transaction
 from storage.vector_index import heal_vector_index
 from tasks.config import EmbeddingConfig
 from tasks.options import stage_options
+
+_NAME = re.compile(r"[^/\x00-\x1f\x7f]{1,200}")
 
 
 def open_collection(
@@ -25,6 +30,7 @@ def open_collection(
     if create_with is None:
         with connection() as conn:
             return get_collection(conn, name=name, tenant=tenant)
+    check_collection_name(name)
     embedder = create_with.embedder()
     with transaction() as conn:
         return ensure_collection(
@@ -34,6 +40,16 @@ def open_collection(
             provider=embedder.provider,
             model=embedder.model,
             dimension=embedder.dimension,
+        )
+
+
+def check_collection_name(name: str) -> None:
+    """A new collection's name must be addressable everywhere, in a URL path too: 1-200
+    characters, no ``/``, no control characters, no surrounding spaces."""
+    if not _NAME.fullmatch(name) or name != name.strip():
+        raise InvalidRequestError(
+            f"collection name {name[:60]!r} is not usable: 1-200 characters, without '/',"
+            " control characters or surrounding spaces"
         )
 
 

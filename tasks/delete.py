@@ -15,7 +15,7 @@ from ingestflow.core.errors import DocumentNotFoundError, IngestError
 from ingestflow.core.settings import get_settings
 from storage.db import connection
 from storage.documents import delete_document
-from storage.objectstore import store_for
+from storage.objectstore import canonical_uri, store_for
 from tasks.options import stage_options
 
 
@@ -30,8 +30,8 @@ class DeleteResult:
 def owned_upload(source_uri: str) -> bool:
     """True for a copy the API made in the upload store (the only objects a delete removes;
     a bucket's own objects belong to their owner)."""
-    root = get_settings().api.upload_uri.rstrip("/") + "/"
-    return source_uri.startswith(root)
+    root = canonical_uri(get_settings().api.upload_uri).rstrip("/") + "/"
+    return canonical_uri(source_uri).startswith(root)
 
 
 def delete_one(document_id: str, *, collection_id: int) -> str:

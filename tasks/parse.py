@@ -16,6 +16,8 @@ from dataclasses import replace
 from ingestflow.core.errors import EmptyDocumentError
 from ingestflow.core.settings import get_settings
 from ingestflow.core.types import ParsedDocument
+from storage.db import transaction
+from storage.passwords import take_passwords
 from tasks.options import stage_task
 from tasks.sandbox import (
     ParseLimits,
@@ -60,6 +62,7 @@ def parse_documents(
     """
     workers = workers or (ctx.limits.parse_workers if ctx else 1)
     limits = limits or ParseLimits.from_settings(get_settings().parse)
+    works = _with_held_passwords(works)
     sandbox = None
     if limits.isolation == "process":
         sandbox = shared_sandbox(workers, limits)
@@ -72,6 +75,16 @@ def parse_documents(
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="parse") as pool:
         return [w for part in pool.map(one, works) for w in part]
+
+
+def _with_held_passwords(works: Sequence[DocWork]) -> list[DocWork]:
+    """Documents whose password came with their request (held until now, then gone)."""
+    wanting = [w.document_id for w in works if w.active and w.document_id and w.password is None]
+    if not wanting:
+        return list(works)
+    with transaction() as conn:
+        held = take_passwords(conn, document_ids=wanting)
+    return [replace(w, password=held[w.document_id]) if w.document_id in held else w for w in works]
 
 
 # Each document is bounded by the sandbox's wall-clock limit; this is only the backstop for

@@ -103,6 +103,7 @@ class DocWork:
             chunk_count=count,
             embedded_chunks=self.embedded,
             error=self.error,
+            error_code=self.error_code,
         )
 
 

@@ -7,15 +7,16 @@ oversized file is stopped as soon as it passes the limit (413).
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from pydantic import SecretStr
 
 from api.deps import (
     CollectionName,
@@ -42,6 +43,7 @@ from ingestflow.service.collections import (
     existing_collection,
     open_collection_for_ingest,
 )
+from ingestflow.service.metadata import parse_metadata
 
 router = APIRouter(tags=["documents"])
 FileSink = Callable[[Part, str], Awaitable[None]]
@@ -55,6 +57,11 @@ def _multipart_body(*, many: bool, description: str) -> dict[str, Any]:
     properties = {
         field: files,
         "metadata": {"type": "string", "description": "A JSON object stored on the document."},
+        "password": {
+            "type": "string",
+            "format": "password",
+            "description": "Opens encrypted PDFs; used for this job's run, never stored.",
+        },
     }
     schema = {"type": "object", "properties": properties, "required": [field]}
     return {
@@ -85,31 +92,30 @@ def _check_length(request: Request, limit: int) -> None:
         raise TooLargeError(f"the upload is larger than the limit of {limit} bytes")
 
 
-def _parse_metadata(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text) if text.strip() else {}
-    except json.JSONDecodeError:
-        raise InvalidRequestError("the metadata field is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise InvalidRequestError("the metadata field must be a JSON object")
-    if "password" in value:
-        raise InvalidRequestError("metadata cannot carry a password")
-    return value
+@dataclass
+class Form:
+    """A multipart body's plain fields: ``metadata`` (a JSON object stored on the documents)
+    and ``password`` (opens encrypted PDFs; held for the job's run, never stored)."""
+
+    metadata: dict[str, Any] = field(default_factory=dict)
+    password: SecretStr | None = None
 
 
-async def read_form(request: Request, *, max_parts: int, on_file: FileSink) -> dict[str, Any]:
-    """Read a multipart body in order: the ``metadata`` field as a JSON object, and each file
-    part handed to ``on_file``, with its cleaned name, while its bytes are still arriving.
-    Other plain fields are skipped."""
-    metadata: dict[str, Any] = {}
+async def read_form(request: Request, *, max_parts: int, on_file: FileSink) -> Form:
+    """Read a multipart body in order: its plain fields, and each file part handed to
+    ``on_file``, with its cleaned name, while its bytes are still arriving. Other plain
+    fields are skipped."""
+    form = Form()
     content_type = request.headers.get("content-type", "")
     async for part in iter_parts(request.stream(), content_type, max_parts=max_parts):
         if part.filename is None:
             if part.name == "metadata":
-                metadata = _parse_metadata(await part.read_text())
+                form.metadata = parse_metadata(await part.read_text())
+            elif part.name == "password":
+                form.password = SecretStr(await part.read_text()) or None
             continue
         await on_file(part, safe_filename(part.filename))
-    return metadata
+    return form
 
 
 async def store_files(
@@ -119,8 +125,8 @@ async def store_files(
     max_parts: int,
     single: bool = False,
     rejected: list[Rejected] | None = None,
-) -> tuple[dict[str, Any], list[uploads.StoredUpload]]:
-    """The form's metadata, and its files streamed into the upload store. A file that cannot
+) -> tuple[Form, list[uploads.StoredUpload]]:
+    """The form's fields, and its files streamed into the upload store. A file that cannot
     be taken (too large, an unusable name) fails the request, or with ``rejected`` is listed
     there while the others go on. On any failure, every file stored so far is removed."""
     stored: list[uploads.StoredUpload] = []
@@ -136,11 +142,11 @@ async def store_files(
             rejected.append(Rejected(filename=name, code=exc.code, message=exc.reason))
 
     try:
-        metadata = await read_form(request, max_parts=max_parts, on_file=store)
+        form = await read_form(request, max_parts=max_parts, on_file=store)
     except BaseException:
         await run_in_threadpool(uploads.discard, stored)
         raise
-    return metadata, stored
+    return form, stored
 
 
 def takes_documents(
@@ -187,11 +193,17 @@ async def upload_document(
     limit = get_settings().api.max_upload_bytes
     _check_length(request, limit)
     coll = await _open(collection, key.tenant)
-    metadata, stored = await store_files(request, coll, max_parts=16, single=True)
+    form, stored = await store_files(request, coll, max_parts=16, single=True)
     if not stored:
         raise InvalidRequestError("the request has no file part (field `file`)")
     [item] = await run_in_threadpool(
-        uploads.accept_uploads, coll, stored, metadata=metadata, priority=priority, force=force
+        uploads.accept_uploads,
+        coll,
+        stored,
+        metadata=form.metadata,
+        password=form.password,
+        priority=priority,
+        force=force,
     )
     body = _accepted(item).model_dump(mode="json")
     return JSONResponse(body, status_code=200 if item.duplicate else 202)
@@ -208,27 +220,35 @@ async def upload_documents(
     key: Principal,
     priority: PriorityParam = Priority.NORMAL,
     force: ForceParam = False,
-) -> BulkAccepted:
+) -> JSONResponse:
     """Stream many files; one ingest job takes all the new ones. A file that cannot be taken
     (too large, unreadable name) is listed under ``rejected`` and the others go on."""
     settings = get_settings().api
     coll = await _open(collection, key.tenant)
     rejected: list[Rejected] = []
-    metadata, stored = await store_files(
+    form, stored = await store_files(
         request, coll, max_parts=settings.max_files_per_request + 16, rejected=rejected
     )
     if not stored and not rejected:
         raise InvalidRequestError("the request has no file parts (field `files`)")
     items = await run_in_threadpool(
-        uploads.accept_uploads, coll, stored, metadata=metadata, priority=priority, force=force
+        uploads.accept_uploads,
+        coll,
+        stored,
+        metadata=form.metadata,
+        password=form.password,
+        priority=priority,
+        force=force,
     )
     job_id = next((i.job_id for i in items if not i.duplicate), None)
-    return BulkAccepted(
+    body = BulkAccepted(
         operation_id=job_id,
         status_url=_status_url(job_id),
         documents=[_accepted(i) for i in items],
         rejected=rejected,
     )
+    # Nothing new to run (every file already there, or refused): 200, not 202.
+    return JSONResponse(body.model_dump(mode="json"), status_code=202 if job_id else 200)
 
 
 @takes_documents("/collections/{collection}/documents:ingest")
@@ -240,7 +260,12 @@ def ingest_by_uri(
     uploads.check_uri(body.uri)  # a refused URI creates no collection either
     coll = open_collection_for_ingest(collection, tenant=key.tenant)
     item = uploads.ingest_uri(
-        coll, body.uri, metadata=body.metadata, priority=Priority(body.priority), force=body.force
+        coll,
+        body.uri,
+        metadata=body.metadata,
+        password=body.password,
+        priority=Priority(body.priority),
+        force=body.force,
     )
     return _accepted(item)
 
@@ -279,13 +304,13 @@ async def merge_documents(
         async def spool(part: Part, name: str) -> None:
             parts.append(await _spool(part, Path(tmp) / f"{len(parts):04d}.pdf", limit))
 
-        metadata = await read_form(request, max_parts=200, on_file=spool)
+        form = await read_form(request, max_parts=200, on_file=spool)
         if len(parts) < 1:
             raise InvalidRequestError("send the PDFs to merge as file parts (field `files`)")
         merged = Path(tmp) / "merged.pdf"
         await run_in_threadpool(uploads.merge_pdfs, parts, merged)
         stored = await uploads.store_upload(coll, safe_filename(filename), _read_file(merged))
-    metadata = {**metadata, "merged_from": len(parts)}
+    metadata = {**form.metadata, "merged_from": len(parts)}
     [item] = await run_in_threadpool(
         uploads.accept_uploads, coll, [stored], metadata=metadata, priority=priority
     )

@@ -103,7 +103,12 @@ def ingest(
     counts = {s.value: result.count(s) for s in DocumentStatus if result.count(s)}
     console.print(f"collection {collection!r}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     for outcome in result.failed:
-        console.print(f"  failed {outcome.source_uri}: {outcome.error}", markup=False)
+        hint = (
+            "; give its password with --password"
+            if outcome.error_code == "password_required"
+            else ""
+        )
+        console.print(f"  failed {outcome.source_uri}: {outcome.error}{hint}", markup=False)
     if result.failed and len(result.failed) == len(result.outcomes):
         raise typer.Exit(1)
 

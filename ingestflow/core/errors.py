@@ -59,6 +59,10 @@ class UnsupportedTypeError(ParseError, code="unsupported_type"): ...
 class EncryptedDocumentError(ParseError, code="encrypted"): ...
 
 
+class PasswordRequiredError(EncryptedDocumentError, code="password_required"):
+    """An encrypted document came without a password; each front door says how to give one."""
+
+
 class EmptyDocumentError(ParseError, code="empty_document"):
     """Parsed fine but holds no text (for example a scan without a text layer)."""
 

@@ -254,6 +254,11 @@ class ApiSettings(BaseSettings):
         ge=0,
         description="Ingest jobs a tenant may have queued or running; 0 means no limit.",
     )
+    password_ttl_seconds: int = Field(
+        default=3600,
+        gt=0,
+        description="How long a document's password, sent with it, waits for its run to read it.",
+    )
     metrics_token: SecretStr | None = Field(
         default=None,
         description="When set, GET /metrics wants it as a Bearer token (API keys never work).",

@@ -107,6 +107,7 @@ class DocumentOutcome:
     chunk_count: int = 0
     embedded_chunks: int = 0
     error: str | None = None
+    error_code: str | None = None
 
 
 @dataclass(frozen=True)

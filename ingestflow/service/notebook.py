@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
+from ingestflow.core.types import IngestResult
 from ingestflow.service import documents
 from ingestflow.service import ingest as ingesting
 from ingestflow.service import search as searching
@@ -24,6 +26,21 @@ def _front_door(fn: F, *, prefect: bool) -> F:
     return call  # type: ignore[return-value]
 
 
-ingest = _front_door(ingesting.ingest, prefect=True)
+def _with_password_hint(result: IngestResult) -> IngestResult:
+    """A document that needed a password says how to give one here."""
+    hint = "; give its password as ingest(..., password=...)"
+    outcomes = [
+        replace(o, error=f"{o.error}{hint}") if o.error_code == "password_required" else o
+        for o in result.outcomes
+    ]
+    return replace(result, outcomes=outcomes)
+
+
+@functools.wraps(ingesting.ingest)
+def ingest(*args: Any, **kwargs: Any) -> IngestResult:
+    prepare(prefect=True)
+    return _with_password_hint(ingesting.ingest(*args, **kwargs))
+
+
 search = _front_door(searching.search, prefect=False)
 status = _front_door(documents.status, prefect=False)

@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from pydantic import SecretStr
 from pypdf import PdfReader, PdfWriter
 from pypdf.errors import PdfReadError
 
 from deployments.submit import submit_ingest
-from ingestflow.core.errors import ConfigError, InvalidRequestError
+from ingestflow.core.errors import ConfigError, InvalidRequestError, TooLargeError
 from ingestflow.core.settings import get_settings
 from ingestflow.core.types import Priority
+from ingestflow.service.metadata import check_metadata
 from storage.collections import Collection
 from storage.db import Conn, transaction
 from storage.documents import DocumentRecord, enqueue_document, find_document
@@ -36,6 +38,7 @@ from storage.objectstore import (
     store_for,
     write_async,
 )
+from storage.passwords import hold_password
 
 
 class UriNotAllowedError(InvalidRequestError, code="uri_not_allowed"):
@@ -68,7 +71,7 @@ def upload_uri(coll: Collection, filename: str) -> str:
     like ``%2e%2e%2f...`` must not become ``../``. For local stores the result is also
     checked to lie inside the upload folder.
     """
-    root = get_settings().api.upload_uri.rstrip("/")
+    root = canonical_uri(get_settings().api.upload_uri).rstrip("/")
     uri = f"{root}/c{coll.id}/{uuid.uuid4().hex}/{quote(filename, safe='')}"
     if scheme_of(root) == "file":
         folder = local_path(root).resolve()
@@ -84,7 +87,12 @@ async def store_upload(
     goes; an oversized upload raises ``TooLargeError`` and leaves nothing behind."""
     uri = upload_uri(coll, filename)
     max_bytes = get_settings().api.max_upload_bytes
-    written: WriteResult = await write_async(store_for(uri), uri, chunks, max_bytes=max_bytes)
+    try:
+        written: WriteResult = await write_async(store_for(uri), uri, chunks, max_bytes=max_bytes)
+    except TooLargeError:  # named by the caller's file name, never the store's path
+        raise TooLargeError(
+            f"{filename} is larger than the upload limit of {max_bytes:,} bytes"
+        ) from None
     return StoredUpload(uri, filename, written.size, written.sha256)
 
 
@@ -95,13 +103,17 @@ def accept_uploads(
     metadata: dict[str, Any],
     priority: Priority = Priority.NORMAL,
     force: bool = False,
+    password: SecretStr | None = None,
 ) -> list[Accepted]:
     """Turn stored uploads into documents and submit one job for the new ones.
 
     Bytes already in the collection (or twice in this request) are answered with the
-    existing document and their upload is removed. Raises ``BackendUnavailableError`` after
-    the rows are written, so a retried request finds them and submits them.
+    existing document and their upload is removed; bytes whose document failed are that
+    document, tried again. ``password`` opens encrypted PDFs: held for the job's run, never
+    stored with the document. Raises ``BackendUnavailableError`` after the rows are written,
+    so a retried request finds them and submits them.
     """
+    metadata = check_metadata(metadata)
     accepted: dict[str, Accepted] = {}  # by sha256: one document per distinct content
     fresh: list[DocumentRecord] = []
     with transaction() as conn:
@@ -111,11 +123,12 @@ def accept_uploads(
                 continue
             existing = find_by_sha256(conn, collection_id=coll.id, sha256=up.sha256)
             waiting = existing is not None and existing.status == "queued" and not existing.job_id
-            if existing is not None and not (force or waiting):
+            again = waiting or (existing is not None and existing.status == "failed")
+            if existing is not None and not (force or again):
                 _discard(up.uri)
                 accepted[up.sha256] = Accepted(existing, existing.job_id, duplicate=True)
                 continue
-            if existing is not None:  # re-index it (force), or it waits since an outage
+            if existing is not None:  # re-index it (force), it failed, or it waits since an outage
                 _discard(up.uri)
                 doc = requeue(conn, existing, collection_id=coll.id)
             else:
@@ -129,6 +142,7 @@ def accept_uploads(
                 )
             fresh.append(doc)
             accepted[up.sha256] = Accepted(doc, None, duplicate=False)
+        _hold(conn, fresh, password)
     if fresh:
         job_id = submit_ingest(
             tenant=coll.tenant,
@@ -177,12 +191,15 @@ def ingest_uri(
     metadata: dict[str, Any],
     priority: Priority = Priority.NORMAL,
     force: bool = False,
+    password: SecretStr | None = None,
 ) -> Accepted:
     """Queue a document by URI (any registered scheme; local paths only under the API's
-    ``file_roots``) and submit its job."""
+    ``file_roots``) and submit its job; ``password`` as for ``accept_uploads``."""
     source = check_uri(uri)
+    metadata = check_metadata(metadata)
     with transaction() as conn:
         doc = enqueue_document(conn, collection_id=coll.id, source_uri=source, metadata=metadata)
+        _hold(conn, [doc], password)
     job_id = submit_ingest(
         tenant=coll.tenant, collection=coll.name, documents=[doc], priority=priority, force=force
     )
@@ -259,6 +276,13 @@ def discard(stored: list[StoredUpload]) -> None:
     """Remove uploads that will not become documents (their request failed part-way)."""
     for up in stored:
         store_for(up.uri).delete(up.uri)
+
+
+def _hold(conn: Conn, docs: list[DocumentRecord], password: SecretStr | None) -> None:
+    if password is not None and docs:
+        ttl = get_settings().api.password_ttl_seconds
+        secret = password.get_secret_value()
+        hold_password(conn, document_ids=[d.id for d in docs], password=secret, ttl_seconds=ttl)
 
 
 def _discard(uri: str) -> None:

@@ -67,3 +67,12 @@ CREATE UNLOGGED TABLE stage_runs (
     at        timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX stage_runs_at ON stage_runs (at);
+
+-- A document's password, sent with its upload or URI, kept only until its run has read it
+-- (or until it expires): never in metadata, a flow run's parameters, a Celery message or a
+-- log. UNLOGGED: not in the WAL, and a database crash drops them all.
+CREATE UNLOGGED TABLE document_passwords (
+    document_id  uuid PRIMARY KEY,
+    password     text NOT NULL,
+    expires_at   timestamptz NOT NULL
+);

@@ -6,7 +6,12 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from ingestflow.core.errors import EmptyDocumentError, EncryptedDocumentError, ParseError
+from ingestflow.core.errors import (
+    EmptyDocumentError,
+    EncryptedDocumentError,
+    ParseError,
+    PasswordRequiredError,
+)
 from ingestflow.core.types import Segment
 from tasks.parsers.base import PDF, ParseInput, parser
 from tasks.parsers.pdf_recover import recover_pages
@@ -74,7 +79,7 @@ def _unlock(reader: PdfReader, password: str | None) -> None:
         return
     if password:
         raise EncryptedDocumentError("PDF is encrypted and the supplied password is wrong")
-    raise EncryptedDocumentError("PDF is encrypted; supply the password in metadata['password']")
+    raise PasswordRequiredError("PDF is encrypted and no password was given")
 
 
 def _decrypt(reader: PdfReader, candidate: str) -> PasswordType:

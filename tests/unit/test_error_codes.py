@@ -39,6 +39,7 @@ EXPECTED: dict[type[IngestError], str] = {
     ParseError: "parse_error",
     UnsupportedTypeError: "unsupported_type",
     EncryptedDocumentError: "encrypted",
+    errors.PasswordRequiredError: "password_required",
     EmptyDocumentError: "empty_document",
     EmbedError: "embed_error",
     EmbedRequestRejected: "embed_rejected",

@@ -17,6 +17,7 @@ PERMANENT = {
     errors.ParseError,
     errors.UnsupportedTypeError,
     errors.EncryptedDocumentError,
+    errors.PasswordRequiredError,
     errors.EmptyDocumentError,
     errors.EmbedRequestRejected,
     errors.CollectionMismatchError,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ingestflow.core.errors import EncryptedDocumentError, IngestError
+from ingestflow.core.errors import EncryptedDocumentError, IngestError, PasswordRequiredError
 from ingestflow.core.types import ParsedDocument
 from tasks.parsers import parse_file
 
@@ -203,7 +203,7 @@ ENCRYPTED = sorted(
 @pytest.mark.parametrize("rel", ENCRYPTED)
 def test_encrypted_pdf_without_or_with_wrong_password(rel):
     secret = password(rel)
-    with pytest.raises(EncryptedDocumentError, match="supply the password") as missing:
+    with pytest.raises(PasswordRequiredError, match="no password was given") as missing:
         parse_file(EVAL / rel)
     with pytest.raises(EncryptedDocumentError, match="wrong") as wrong:
         parse_file(EVAL / rel, password="not-the-password")

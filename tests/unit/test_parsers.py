@@ -23,6 +23,7 @@ from ingestflow.core.errors import (
     EncryptedDocumentError,
     IngestError,
     ParseError,
+    PasswordRequiredError,
     UnsupportedTypeError,
 )
 from ingestflow.core.types import Segment
@@ -184,9 +185,7 @@ def test_pdf_without_text_is_empty_with_ocr_reason(tmp_path):
 
 def test_encrypted_pdf_needs_the_password(tmp_path):
     path = write(tmp_path, "e.pdf", encrypt_pdf(make_pdf(["top secret text"]), "s3cr3t-pw", "own"))
-    with pytest.raises(
-        EncryptedDocumentError, match=r"supply the password in metadata\['password'\]"
-    ):
+    with pytest.raises(PasswordRequiredError, match="PDF is encrypted and no password was given"):
         parse_file(path)
     with pytest.raises(EncryptedDocumentError, match="wrong") as wrong:
         parse_file(path, password="guessed-pw")
@@ -710,6 +709,6 @@ def test_empty_owner_password_does_not_bypass_the_user_password(tmp_path, monkey
         return PasswordType.OWNER_PASSWORD if candidate == "" else real_decrypt(self, candidate)
 
     monkeypatch.setattr(PdfReader, "decrypt", decrypt)
-    with pytest.raises(EncryptedDocumentError, match="supply the password"):
+    with pytest.raises(PasswordRequiredError, match="no password was given"):
         parse_file(path)
     assert all_text(parse_file(path, password="userpw")) == "guarded"
