@@ -265,6 +265,9 @@ class LocalStack:
     def _spawn_prefect_server(self, url: str) -> None:
         env = {k: v for k, v in self.env.items() if k != "PREFECT_API_URL"}
         env["PREFECT_HOME"] = str(self.options.data_dir / "prefect")
+        # The UI asks this URL for its data; left to Prefect it names port 4200 whatever
+        # --port says, and shows "Can't connect to Server API" (or another server's runs).
+        env["PREFECT_SERVER_UI_API_URL"] = url
         env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         argv = [_bin("prefect"), "server", "start", "--host", "127.0.0.1"]
         argv += ["--port", str(self.options.prefect_port)]

@@ -4,6 +4,7 @@ every process it started."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -117,7 +118,9 @@ def test_up_starts_the_stack_and_ctrl_c_stops_all_of_it(up_env, collection, tmp_
 
     from tests.support.db import statuses
 
-    api_port, prefect_port = free_port(), free_port()
+    api_port, prefect_port = free_port(), free_port()  # not the defaults: both must follow
+    # A plain folder, as the settings table shows the default: uploads there must be ingested.
+    up_env["INGESTFLOW_API_UPLOAD_URI"] = str(tmp_path / "uploads")
     proc = subprocess.Popen(
         [CLI, "up", "--port", str(api_port), "--prefect-port", str(prefect_port)]
         + ["--data-dir", str(tmp_path / "data")],
@@ -130,6 +133,10 @@ def test_up_starts_the_stack_and_ctrl_c_stops_all_of_it(up_env, collection, tmp_
         _wait_ready(proc, f"http://127.0.0.1:{api_port}/readyz")
         status, page = _get(f"http://127.0.0.1:{prefect_port}/")
         assert status == 200 and "<html" in page.lower()  # the Prefect UI
+        # ... which talks to this server's API, not to one on port 4200.
+        status, settings = _get(f"http://127.0.0.1:{prefect_port}/ui-settings")
+        assert status == 200, settings
+        assert json.loads(settings)["api_url"] == f"http://127.0.0.1:{prefect_port}/api"
         assert _get(f"http://127.0.0.1:{api_port}/docs")[0] == 200
 
         monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{prefect_port}/api")
