@@ -21,7 +21,7 @@ from api.deps import authenticate, metrics_access
 from api.errors import install_error_handlers
 from api.limits import RequestSizeLimit
 from api.models import ErrorResponse
-from api.routes import documents, jobs, live, metrics, ops, search, uploads
+from api.routes import documents, jobs, live, metrics, operators, ops, search, uploads
 from ingestflow import __version__
 from ingestflow.core.errors import IngestError
 from ingestflow.service.runtime import prepare
@@ -65,6 +65,7 @@ def create_app() -> FastAPI:
     v1.include_router(documents.router)
     v1.include_router(jobs.router)
     v1.include_router(search.router)
+    v1.include_router(operators.router, responses={403: {"model": ErrorResponse}})
     app.include_router(v1)
     app.include_router(live.router)  # authenticates in the socket's own handshake
     return app

@@ -43,6 +43,21 @@ def authenticate(
 Principal = Annotated[keys.ApiKey, Depends(authenticate)]
 
 
+def require_operator(key: Principal) -> keys.ApiKey:
+    """An operator key; 403 for a tenant's key."""
+    if not key.operator:
+        raise ApiError(
+            403,
+            "operator_key_required",
+            "this route is for operators: use a key made with"
+            " `ingestflow keys create --role operator`",
+        )
+    return key
+
+
+Operator = Annotated[keys.ApiKey, Depends(require_operator)]
+
+
 def limit_active_jobs(key: Principal) -> None:
     """On a route that starts an ingest job, before it reads anything: 429 ``too_many_jobs``
     when the tenant already has as many jobs queued or running as it may."""

@@ -54,6 +54,7 @@ ANSWERS: dict[str, Answer] = {
     "collection_not_found": Answer(404),
     "document_not_found": Answer(404),
     "job_not_found": Answer(404),
+    "queue_not_found": Answer(404),
     "job_conflict": Answer(409),
     "collection_mismatch": Answer(409),
     "rate_limited": Answer(429),

@@ -216,3 +216,45 @@ class Job(BaseModel):
 class JobPage(BaseModel):
     items: list[Job]
     next_cursor: str | None
+
+
+class Worker(BaseModel):
+    name: str
+    status: Literal["online", "offline"]
+    last_heartbeat: datetime | None = Field(
+        description="A Prefect worker's last heartbeat, the served runner's last poll, or for"
+        " Celery the moment it answered."
+    )
+    queues: list[str] = Field(description="The queues it takes jobs from.")
+    active: list[str] = Field(description="Runs it is running (Celery task ids).")
+    reserved: list[str] = Field(description="Runs it has taken but not started (Celery).")
+    registered: list[str] = Field(description="The tasks or deployments it can run.")
+
+
+class WorkerList(BaseModel):
+    backend: str
+    workers: list[Worker]
+
+
+class QueueModel(BaseModel):
+    name: Literal["high", "normal", "low"]
+    depth: int = Field(description="Jobs waiting in it.")
+    paused: bool
+
+
+class QueueList(BaseModel):
+    backend: str
+    queues: list[QueueModel]
+
+
+class StateCountsModel(BaseModel):
+    jobs: int
+    by_state: dict[str, int]
+    by_kind: dict[str, dict[str, int]] = Field(description="kind -> state -> jobs")
+
+
+class JobStatsModel(BaseModel):
+    since: datetime
+    until: datetime
+    overall: StateCountsModel
+    tenants: dict[str, StateCountsModel]

@@ -12,6 +12,12 @@ given to ``-Q`` (Redis answers from the first non-empty key), so a high job wait
 taken before a normal one. kombu's default strategy, round robin, would rotate that order.
 Without ``-Q`` the worker consumes all three, in the same order.
 
+**Paused queues.** An operator may pause a queue (``POST /v1/ops/queues/{queue}:pause``): the
+workers consuming it stop (Celery's ``cancel_consumer``), and the pause is kept in Redis
+(``PAUSED_QUEUES``), so a worker that starts while it holds leaves the queue alone too. Each
+such worker is noted with the queue, and resuming restarts consumption on exactly those
+workers (``add_consumer``): a worker never takes a queue its ``-Q`` did not name.
+
 Existing Celery users call the tasks by name like any other::
 
     from deployments.celery_app import ingest
@@ -43,6 +49,7 @@ never logged (Celery's banner masks its password).
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -59,6 +66,7 @@ from ingestflow.core.types import JobKind
 from storage.db import transaction
 from storage.jobs import create_job
 
+log = logging.getLogger(__name__)
 INGEST_TASK = "ingestflow.ingest"
 DELETE_TASK = "ingestflow.delete"
 TASKS = {JobKind.INGEST: INGEST_TASK, JobKind.DELETE: DELETE_TASK}
@@ -66,6 +74,7 @@ PRIORITIES = ("high", "normal", "low")  # the order a worker should consume them
 QUEUES = tuple(f"ingestflow.{p}" for p in PRIORITIES)
 DEFAULT_QUEUE = "ingestflow.normal"
 RESULT_TTL_SECONDS = 7 * 24 * 3600  # results and job records: how long status() knows a job
+PAUSED_QUEUES = "ingestflow:paused_queues"  # a Redis set of the paused queues' names
 # A call that cannot reach Redis fails within about this long, so the API answers 503 quickly.
 CONNECT_TIMEOUT_SECONDS = 2.0
 SOCKET_TIMEOUT_SECONDS = 3.0
@@ -285,6 +294,30 @@ def _results_outlast_redis_restarts(sender: Any = None, **_: Mapping[str, Any]) 
     celery = getattr(sender, "app", None) or app
     celery.conf.result_backend_always_retry = True
     celery.conf.result_backend_max_retries = WORKER_RESULT_RETRIES
+
+
+def paused_workers_key(queue: str) -> str:
+    """The Redis set of the workers a pause of ``queue`` stopped, to restart on resume."""
+    return f"{PAUSED_QUEUES}:{queue}"
+
+
+@signals.worker_ready.connect
+def _leave_paused_queues_alone(sender: Any = None, **_: Mapping[str, Any]) -> None:
+    # A worker starting while a queue is paused stops consuming it at once, and is noted so
+    # that resuming the queue restarts it.
+    consumer = sender
+    if consumer is None:
+        return
+    try:
+        client = consumer.app.backend.client
+        paused = {m.decode() if isinstance(m, bytes) else m for m in client.smembers(PAUSED_QUEUES)}
+        mine = {q.name for q in consumer.app.amqp.queues.consume_from.values()}
+        for queue in sorted(paused & mine):
+            consumer.cancel_task_queue(queue)
+            client.sadd(paused_workers_key(queue), consumer.hostname)
+            log.warning("queue %s is paused: not consuming it until it is resumed", queue)
+    except Exception as exc:  # noqa: BLE001 - a worker must start even if Redis hiccups
+        log.warning("could not read the paused queues (%s)", type(exc).__name__)
 
 
 @signals.worker_init.connect

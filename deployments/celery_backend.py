@@ -20,12 +20,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from deployments.celery_app import QUEUES, RESULT_TTL_SECONDS, TASKS, app, job_key, utc_now
-from deployments.queue import FLOW_PARAMETERS, JobInfo, JobRequest
-from ingestflow.core.errors import BackendUnavailableError
+from deployments.celery_app import (
+    PAUSED_QUEUES,
+    PRIORITIES,
+    QUEUES,
+    RESULT_TTL_SECONDS,
+    TASKS,
+    app,
+    job_key,
+    paused_workers_key,
+    utc_now,
+)
+from deployments.queue import FLOW_PARAMETERS, JobInfo, JobRequest, QueueInfo, WorkerInfo
+from ingestflow.core.errors import BackendUnavailableError, QueueNotFoundError
 from ingestflow.core.types import JobKind, JobState, Priority
 
 if TYPE_CHECKING:
@@ -33,6 +43,9 @@ if TYPE_CHECKING:
 
 UNREACHABLE = "the Celery broker (Redis) is unreachable"
 _MESSAGE_LIMIT = 500
+# How long a broadcast to the workers waits for their replies when it does not know how
+# many will answer; once the answering workers are known, it returns when they have.
+INSPECT_TIMEOUT_SECONDS = 1.0
 
 _STATE_BY_CELERY = {
     "PENDING": JobState.QUEUED,
@@ -130,13 +143,89 @@ class CeleryBackend:
 
     def queue_depth(self) -> int:
         """Jobs waiting in the three priority queues (started ones are not in the lists)."""
+        return sum(q.depth for q in self.queues())
+
+    def workers(self) -> list[WorkerInfo]:
+        """The workers that answer a broadcast within about a second, with the tasks each is
+        running (``active``), has taken but not started (``reserved``) and can run
+        (``registered``), and the queues it consumes."""
+        with self._reachable():
+            inspect = self.app.control.inspect(timeout=INSPECT_TIMEOUT_SECONDS)
+            names = sorted((inspect.ping() or {}).keys())
+            if not names:
+                return []
+            # Now that they are known, each question returns as soon as all have answered.
+            inspect = self.app.control.inspect(
+                destination=names, limit=len(names), timeout=INSPECT_TIMEOUT_SECONDS
+            )
+            active, reserved = inspect.active() or {}, inspect.reserved() or {}
+            registered, consuming = inspect.registered() or {}, inspect.active_queues() or {}
+        now = datetime.now(UTC)
+        return [
+            WorkerInfo(
+                name=name,
+                status="online",
+                last_heartbeat=now,  # it answered just now
+                queues=tuple(q.get("name", "") for q in consuming.get(name) or ()),
+                active=tuple(t.get("id", "") for t in active.get(name) or ()),
+                reserved=tuple(t.get("id", "") for t in reserved.get(name) or ()),
+                registered=tuple(sorted(registered.get(name) or ())),
+            )
+            for name in names
+        ]
+
+    def queues(self) -> list[QueueInfo]:
+        """The priority queues high to low: jobs waiting in each, and whether it is paused."""
         with self._reachable():
             pipe = self._client().pipeline()
             for queue in QUEUES:
                 pipe.llen(queue)
-            return sum(int(n) for n in pipe.execute())
+            pipe.smembers(PAUSED_QUEUES)
+            *depths, paused = pipe.execute()
+        paused_names = {_text(m) for m in paused}
+        return [
+            QueueInfo(name=name, depth=int(depth), paused=queue in paused_names)
+            for name, queue, depth in zip(PRIORITIES, QUEUES, depths, strict=True)
+        ]
+
+    def pause_queue(self, name: str) -> QueueInfo:
+        """The workers consuming the queue stop taking its jobs (their running tasks go on),
+        and workers that start while it is paused leave it alone."""
+        queue = _queue(name)
+        with self._reachable():
+            client = self._client()
+            client.sadd(PAUSED_QUEUES, queue)  # first: a worker starting now sees it
+            consumers = self._consumers(queue)
+            if consumers:
+                client.sadd(paused_workers_key(queue), *consumers)
+                self.app.control.cancel_consumer(
+                    queue, destination=consumers, reply=True, timeout=INSPECT_TIMEOUT_SECONDS
+                )
+        return self._queue_info(name)
+
+    def resume_queue(self, name: str) -> QueueInfo:
+        """The workers the pause stopped consume the queue again."""
+        queue = _queue(name)
+        with self._reachable():
+            client = self._client()
+            client.srem(PAUSED_QUEUES, queue)
+            stopped = sorted(_text(w) for w in client.smembers(paused_workers_key(queue)))
+            client.delete(paused_workers_key(queue))
+            if stopped:
+                self.app.control.add_consumer(
+                    queue, destination=stopped, reply=True, timeout=INSPECT_TIMEOUT_SECONDS
+                )
+        return self._queue_info(name)
 
     # internals -----------------------------------------------------------------------------
+
+    def _consumers(self, queue: str) -> list[str]:
+        """The workers consuming ``queue`` now."""
+        replies = self.app.control.inspect(timeout=INSPECT_TIMEOUT_SECONDS).active_queues() or {}
+        return sorted(w for w, qs in replies.items() if any(q.get("name") == queue for q in qs))
+
+    def _queue_info(self, name: str) -> QueueInfo:
+        return next(q for q in self.queues() if q.name == name)
 
     def _write_record(self, job_id: str, request: JobRequest, priority: Priority) -> None:
         record = {
@@ -195,15 +284,23 @@ class CeleryBackend:
             raise BackendUnavailableError(UNREACHABLE) from exc
 
 
+def _queue(name: str) -> str:
+    """The Celery queue of the priority ``name``."""
+    if name not in PRIORITIES:
+        raise QueueNotFoundError(f"no queue {name!r}; the queues are {', '.join(PRIORITIES)}")
+    return QUEUES[PRIORITIES.index(name)]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _idempotency_key(request: JobRequest) -> str:
     return f"ingestflow:idempotency:{request.tenant}:{request.idempotency_key}"
 
 
 def _decoded(record: dict[Any, Any]) -> dict[str, str]:
-    def text(value: Any) -> str:
-        return value.decode() if isinstance(value, bytes) else str(value)
-
-    return {text(k): text(v) for k, v in record.items()}
+    return {_text(k): _text(v) for k, v in record.items()}
 
 
 def _job_info(job_id: str, record: dict[str, str], meta: dict[str, Any] | None) -> JobInfo | None:

@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from deployments.prefect_server import api_url
-from deployments.queue import JobInfo, JobRequest
-from ingestflow.core.errors import BackendUnavailableError
-from ingestflow.core.types import JobKind, JobState, Priority
+from deployments.queue import JobInfo, JobRequest, QueueInfo, WorkerInfo
+from deployments.work_pool import PRIORITY_TAG, QUEUE_ORDER, WORK_POOL, queue_name, read_queues
+from ingestflow.core.errors import BackendUnavailableError, QueueNotFoundError
+from ingestflow.core.types import JobKind, JobState
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
@@ -72,7 +73,7 @@ class PrefectBackend:
             f"tenant:{request.tenant}",
             f"collection:{request.collection}",
             f"kind:{request.kind.value}",
-            f"priority:{request.priority.value}",
+            f"{PRIORITY_TAG}{request.priority.value}",
         ]
         with _client() as client:
             try:
@@ -84,8 +85,8 @@ class PrefectBackend:
                 ) from None
             # What prefect.deployments.run_deployment(..., timeout=0) does in a sync context,
             # on this module's fail-fast client (run_deployment builds its own, with
-            # Prefect's long default retries). Served deployments have no work pool and so
-            # no queues: the priority then only shows in the tags.
+            # Prefect's long default retries). Served deployments have no work pool: the
+            # served runner reads the priority from the tags.
             run = client.create_flow_run_from_deployment(
                 deployment.id,
                 parameters=request.flow_parameters(),
@@ -150,34 +151,119 @@ class PrefectBackend:
     def queue_depth(self) -> int:
         """Flow runs of our deployments waiting to start (scheduled for now or earlier, or
         pending); future runs of a sweep schedule do not count."""
-        from prefect.client.schemas.filters import (
-            DeploymentFilter,
-            DeploymentFilterName,
-            FlowRunFilter,
-            FlowRunFilterExpectedStartTime,
-            FlowRunFilterState,
-            FlowRunFilterStateType,
-            FlowRunFilterTags,
-        )
-        from prefect.client.schemas.objects import StateType
-
-        waiting = FlowRunFilter(
-            state=FlowRunFilterState(
-                type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING])
-            ),
-            tags=FlowRunFilterTags(all_=["ingestflow"]),
-            expected_start_time=FlowRunFilterExpectedStartTime(
-                before_=datetime.now(UTC)  # type: ignore[arg-type]  # pydantic takes datetime
-            ),
-        )
-        ours = DeploymentFilter(name=DeploymentFilterName(any_=_DEPLOYMENT_NAMES))
         with _client() as client:
-            return int(client.count_flow_runs(flow_run_filter=waiting, deployment_filter=ours))
+            return _count_waiting(client)
+
+    def workers(self) -> list[WorkerInfo]:
+        """The ``ingestflow-process`` pool's workers, and the runner serving our deployments
+        (``serve``) when there is one: Prefect knows a served runner only by when it last
+        polled for runs, which is its heartbeat."""
+        from prefect.exceptions import ObjectNotFound
+
+        with _client() as client:
+            try:
+                pool_workers = client.read_workers_for_work_pool(WORK_POOL)
+            except ObjectNotFound:
+                pool_workers = []
+            served = _served_deployments(client)
+        found = [
+            WorkerInfo(
+                name=w.name,
+                status=str(w.status.value).lower(),
+                last_heartbeat=w.last_heartbeat_time,
+                queues=QUEUE_ORDER,
+            )
+            for w in pool_workers
+        ]
+        if served:
+            polled = [d.last_polled for d in served if d.last_polled is not None]
+            ready = any(str(getattr(d.status, "value", d.status)) == "READY" for d in served)
+            found.append(
+                WorkerInfo(
+                    name="serve",
+                    status="online" if ready else "offline",
+                    last_heartbeat=max(polled) if polled else None,
+                    queues=QUEUE_ORDER,
+                    registered=tuple(sorted(d.name for d in served)),
+                )
+            )
+        return found
+
+    def queues(self) -> list[QueueInfo]:
+        """The pool's queues high to low, each with the runs waiting in it (by their
+        ``priority:`` tag, which both runners go by)."""
+        from prefect.exceptions import ObjectNotFound
+
+        with _client() as client:
+            try:
+                paused = {q.name for q in read_queues(client) if q.is_paused}
+            except ObjectNotFound:
+                paused = set()
+            depths = {name: _count_waiting(client, queue=name) for name in QUEUE_ORDER}
+        return [QueueInfo(name, depths[name], name in paused) for name in QUEUE_ORDER]
+
+    def pause_queue(self, name: str) -> QueueInfo:
+        """Pause the pool's work queue: neither a worker nor the served runner starts its
+        runs until it is resumed."""
+        return self._set_paused(name, True)
+
+    def resume_queue(self, name: str) -> QueueInfo:
+        return self._set_paused(name, False)
+
+    def _set_paused(self, name: str, paused: bool) -> QueueInfo:
+        from prefect.exceptions import ObjectNotFound
+
+        if name not in QUEUE_ORDER:
+            raise QueueNotFoundError(f"no queue {name!r}; the queues are {', '.join(QUEUE_ORDER)}")
+        with _client() as client:
+            try:
+                queue = client.read_work_queue_by_name(name, work_pool_name=WORK_POOL)
+            except ObjectNotFound:
+                raise QueueNotFoundError(
+                    f"the work pool {WORK_POOL!r} has no queue {name!r};"
+                    " `ingestflow up` or `ingestflow deploy` creates them"
+                ) from None
+            client.update_work_queue(queue.id, is_paused=paused)
+            depth = _count_waiting(client, queue=name)
+        return QueueInfo(name=name, depth=depth, paused=paused)
 
 
-def queue_name(priority: Priority) -> str:
-    """The work queue of the ``ingestflow-process`` pool that runs jobs of ``priority``."""
-    return priority.value
+def _count_waiting(client: SyncPrefectClient, *, queue: str | None = None) -> int:
+    """Runs of our deployments waiting to start (scheduled for now or earlier, or pending),
+    of one queue's priority or of all."""
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterName,
+        FlowRunFilter,
+        FlowRunFilterExpectedStartTime,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        FlowRunFilterTags,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    tags = ["ingestflow"] + ([f"{PRIORITY_TAG}{queue}"] if queue else [])
+    waiting = FlowRunFilter(
+        state=FlowRunFilterState(
+            type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING])
+        ),
+        tags=FlowRunFilterTags(all_=tags),
+        expected_start_time=FlowRunFilterExpectedStartTime(
+            before_=datetime.now(UTC)  # type: ignore[arg-type]  # pydantic takes datetime
+        ),
+    )
+    ours = DeploymentFilter(name=DeploymentFilterName(any_=_DEPLOYMENT_NAMES))
+    return int(client.count_flow_runs(flow_run_filter=waiting, deployment_filter=ours))
+
+
+def _served_deployments(client: SyncPrefectClient) -> list[Any]:
+    """Our deployments that no work pool runs: a runner serves them."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    found = client.read_deployments(
+        deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=_DEPLOYMENT_NAMES))
+    )
+    return [d for d in found if not d.work_pool_name]
 
 
 def _uuids(job_ids: Sequence[str]) -> list[uuid.UUID]:

@@ -1,10 +1,13 @@
-"""The queue-backend port: how ingest and delete jobs are submitted, watched and cancelled.
+"""The queue-backend port: how ingest and delete jobs are submitted, watched and cancelled,
+and what operators see of the backend's workers and queues.
 
-A job is one unit of submitted work (one Prefect flow run, or one Celery task). Its id is the
-backend's own id. What a job did to documents is read from the documents table (each row
-records the job that last took it), so there is no second job table to drift. A backend is a
-factory named in the ``ingestflow.queue_backends`` entry points; two are built in, ``prefect``
-(run_deployment) and ``celery`` (Redis), chosen by ``INGESTFLOW_QUEUE_BACKEND``.
+A job's run is one unit of submitted work (one Prefect flow run, or one Celery task), named by
+the backend's own id; the job itself is a record in Postgres (``storage.jobs``) that outlives
+the run. A backend is a factory named in the ``ingestflow.queue_backends`` entry points; two
+are built in, ``prefect`` and ``celery`` (Redis), chosen by ``INGESTFLOW_QUEUE_BACKEND``.
+
+Both run three queues, one per priority (``high``, ``normal``, ``low``), which an operator may
+pause and resume.
 """
 
 from __future__ import annotations
@@ -81,6 +84,28 @@ class JobInfo:
     tags: dict[str, str] = field(default_factory=dict)  # tenant, collection, priority
 
 
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One process that runs jobs, as its backend reports it."""
+
+    name: str
+    status: str  # online or offline
+    last_heartbeat: datetime | None = None
+    queues: tuple[str, ...] = ()  # the queues it takes jobs from
+    active: tuple[str, ...] = ()  # run ids it is running (where the backend says)
+    reserved: tuple[str, ...] = ()  # run ids it has taken but not started
+    registered: tuple[str, ...] = ()  # the task or deployment names it can run
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    """One priority queue: the jobs waiting in it and whether it is paused."""
+
+    name: str
+    depth: int
+    paused: bool
+
+
 class QueueBackend(Protocol):
     """Submit jobs, report and cancel them.
 
@@ -107,6 +132,22 @@ class QueueBackend(Protocol):
 
     def queue_depth(self) -> int:
         """Jobs submitted but not yet started."""
+        ...
+
+    def workers(self) -> list[WorkerInfo]:
+        """The processes that run jobs, as far as the backend knows them."""
+        ...
+
+    def queues(self) -> list[QueueInfo]:
+        """The priority queues, high to low."""
+        ...
+
+    def pause_queue(self, name: str) -> QueueInfo:
+        """Stop starting the queue's jobs (running ones go on); they wait until resumed."""
+        ...
+
+    def resume_queue(self, name: str) -> QueueInfo:
+        """Start the queue's jobs again."""
         ...
 
 

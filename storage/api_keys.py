@@ -17,7 +17,10 @@ from datetime import datetime
 from storage.db import Conn
 
 KEY_PREFIX = "ifk_"
-_COLUMNS = "id, tenant, name, created_at, revoked_at"
+_COLUMNS = "id, tenant, name, role, created_at, revoked_at"
+# A tenant key reads and writes its tenant's collections; an operator key may also see the
+# operators' views (workers, queues, every tenant's job statistics).
+ROLES = ("tenant", "operator")
 
 
 @dataclass(frozen=True)
@@ -27,12 +30,17 @@ class ApiKey:
     id: int
     tenant: str
     name: str
+    role: str
     created_at: datetime
     revoked_at: datetime | None
 
     @property
     def active(self) -> bool:
         return self.revoked_at is None
+
+    @property
+    def operator(self) -> bool:
+        return self.role == "operator"
 
 
 @dataclass(frozen=True)
@@ -52,13 +60,16 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def create_key(conn: Conn, *, tenant: str, name: str = "") -> NewApiKey:
+def create_key(conn: Conn, *, tenant: str, name: str = "", role: str = "tenant") -> NewApiKey:
     if not tenant.strip():
         raise ValueError("a key needs a tenant")
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r} (one of: {', '.join(ROLES)})")
     secret = generate_key()
     row = conn.execute(
-        f"INSERT INTO api_keys (tenant, name, key_hash) VALUES (%s, %s, %s) RETURNING {_COLUMNS}",
-        (tenant, name, hash_key(secret)),
+        "INSERT INTO api_keys (tenant, name, role, key_hash) VALUES (%s, %s, %s, %s)"
+        f" RETURNING {_COLUMNS}",
+        (tenant, name, role, hash_key(secret)),
     ).fetchone()
     assert row is not None  # INSERT ... RETURNING always returns its row
     return NewApiKey(ApiKey(**row), secret)

@@ -14,6 +14,7 @@ from typing import Any
 from storage.db import Conn
 
 TERMINAL = ("completed", "completed_with_errors", "failed", "cancelled")
+STATES = ("queued", "running", *TERMINAL)  # what a record's state may be
 _COLUMNS = (
     "id, tenant, collection, kind, backend, run_id, flow_run_id, priority, state, message,"
     " documents_total, documents_done, documents_failed, chunks_total, chunks_embedded,"
@@ -206,13 +207,16 @@ def expire_jobs(conn: Conn, *, older_than_seconds: float) -> list[JobRecord]:
     return [JobRecord(**r) for r in rows]
 
 
-def job_counts(conn: Conn, *, since: datetime, tenant: str | None = None) -> list[dict[str, Any]]:
-    """Jobs created since ``since``, counted by tenant, kind and state."""
+def job_counts(
+    conn: Conn, *, since: datetime, until: datetime, tenant: str | None = None
+) -> list[dict[str, Any]]:
+    """Jobs created in [``since``, ``until``), counted by tenant, kind and state."""
     return conn.execute(
-        "SELECT tenant, kind, state, count(*) AS jobs FROM jobs WHERE created_at >= %(since)s"
+        "SELECT tenant, kind, state, count(*) AS jobs FROM jobs"
+        " WHERE created_at >= %(since)s AND created_at < %(until)s"
         " AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)"
         " GROUP BY tenant, kind, state ORDER BY tenant, kind, state",
-        {"since": since, "tenant": tenant},
+        {"since": since, "until": until, "tenant": tenant},
     ).fetchall()
 
 

@@ -24,10 +24,21 @@ keys_app = typer.Typer(
 def create(
     tenant: Annotated[str, typer.Option("--tenant", "-t", help="The tenant the key acts for.")],
     name: Annotated[str, typer.Option("--name", "-n", help="A label, e.g. who uses it.")] = "",
+    role: Annotated[
+        str,
+        typer.Option(
+            "--role",
+            help="tenant (the default), or operator: may also read workers, queues and"
+            " every tenant's job statistics (/v1/ops/...).",
+        ),
+    ] = "tenant",
 ) -> None:
     """Create a key and print it once: store it now, it cannot be shown again."""
-    new = keys.create_key(tenant=tenant, name=name)
-    err.print(f"created key {new.record.id} for tenant {tenant!r}; it is shown only once:")
+    new = keys.create_key(tenant=tenant, name=name, role=role)
+    err.print(
+        f"created {role} key {new.record.id} for tenant {tenant!r}; it is shown only once:",
+        markup=False,
+    )
     console.print(new.secret, markup=False, highlight=False)
 
 
@@ -49,9 +60,9 @@ def list_(
     ] = None,
 ) -> None:
     """The keys: id, tenant, name, created, revoked. Never the keys themselves."""
-    table = Table("id", "tenant", "name", "created", "revoked")
+    table = Table("id", "tenant", "name", "role", "created", "revoked")
     for k in keys.list_keys(tenant=tenant):
         revoked = k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else ""
         created = k.created_at.isoformat(timespec="seconds")
-        table.add_row(str(k.id), k.tenant, k.name, created, revoked)
+        table.add_row(str(k.id), k.tenant, k.name, k.role, created, revoked)
     console.print(table)

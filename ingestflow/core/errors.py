@@ -121,6 +121,9 @@ class DocumentNotFoundError(IngestError, code="document_not_found", permanent=Tr
 class JobNotFoundError(IngestError, code="job_not_found", permanent=True): ...
 
 
+class QueueNotFoundError(IngestError, code="queue_not_found", permanent=True): ...
+
+
 class JobConflictError(IngestError, code="job_conflict", permanent=True):
     """The job is in a state where the request makes no sense (retrying a running job)."""
 

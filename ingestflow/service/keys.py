@@ -23,10 +23,11 @@ from storage.db import Conn, connection
 __all__ = ["ApiKey", "NewApiKey", "authenticate", "create_key", "list_keys", "revoke_key"]
 
 
-def create_key(*, tenant: str, name: str = "") -> NewApiKey:
-    """A new key for ``tenant``; its ``secret`` is the only copy of the plain key."""
+def create_key(*, tenant: str, name: str = "", role: str = "tenant") -> NewApiKey:
+    """A new key for ``tenant``; its ``secret`` is the only copy of the plain key. An
+    ``operator`` key may also read the operators' views (``/v1/ops/...``)."""
     with connection() as conn:
-        return api_keys.create_key(conn, tenant=tenant, name=name)
+        return api_keys.create_key(conn, tenant=tenant, name=name, role=role)
 
 
 def revoke_key(key_id: int) -> ApiKey | None:

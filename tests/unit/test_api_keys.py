@@ -25,5 +25,5 @@ def test_the_stored_form_is_the_sha256_hex_and_never_the_key():
 def test_a_new_key_does_not_show_its_secret_in_repr():
     from datetime import UTC, datetime
 
-    new = NewApiKey(ApiKey(1, "t", "n", datetime.now(UTC), None), "ifk_secret-value")
+    new = NewApiKey(ApiKey(1, "t", "n", "tenant", datetime.now(UTC), None), "ifk_secret-value")
     assert "ifk_secret-value" not in repr(new)
