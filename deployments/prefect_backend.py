@@ -158,11 +158,15 @@ class PrefectBackend:
         """The ``ingestflow-process`` pool's workers, and the runner serving our deployments
         (``serve``) when there is one: Prefect knows a served runner only by when it last
         polled for runs, which is its heartbeat."""
+        from prefect.client.schemas.filters import WorkerFilter
         from prefect.exceptions import ObjectNotFound
 
         with _client() as client:
             try:
-                pool_workers = client.read_workers_for_work_pool(WORK_POOL)
+                # Prefect 3.8's sync client sends nulls the server rejects unless all are given.
+                pool_workers = client.read_workers_for_work_pool(
+                    WORK_POOL, worker_filter=WorkerFilter(), offset=0, limit=200
+                )
             except ObjectNotFound:
                 pool_workers = []
             served = _served_deployments(client)
@@ -259,9 +263,12 @@ def _count_waiting(client: SyncPrefectClient, *, queue: str | None = None) -> in
 def _served_deployments(client: SyncPrefectClient) -> list[Any]:
     """Our deployments that no work pool runs: a runner serves them."""
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.client.schemas.sorting import DeploymentSort
 
     found = client.read_deployments(
-        deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=_DEPLOYMENT_NAMES))
+        deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=_DEPLOYMENT_NAMES)),
+        limit=50,
+        sort=DeploymentSort.NAME_ASC,
     )
     return [d for d in found if not d.work_pool_name]
 

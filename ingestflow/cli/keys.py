@@ -36,7 +36,7 @@ def create(
     """Create a key and print it once: store it now, it cannot be shown again."""
     new = keys.create_key(tenant=tenant, name=name, role=role)
     err.print(
-        f"created {role} key {new.record.id} for tenant {tenant!r}; it is shown only once:",
+        f"created key {new.record.id} for tenant {tenant!r} ({role}); it is shown only once:",
         markup=False,
     )
     console.print(new.secret, markup=False, highlight=False)

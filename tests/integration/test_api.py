@@ -207,6 +207,14 @@ def test_keys_cli_creates_lists_and_revokes_without_showing_secrets(client):
     assert client.get("/v1/collections/none/documents", headers=auth).status_code == 401
     assert runner.invoke(app, ["keys", "revoke", "999999"]).exit_code == 1
 
+    ops = runner.invoke(app, ["keys", "create", "--tenant", "ops", "--role", "operator"])
+    assert ops.exit_code == 0, ops.output
+    ops_auth = {"Authorization": f"Bearer {ops.stdout.strip().splitlines()[-1]}"}
+    assert client.get("/v1/ops/jobs/stats", headers=ops_auth).status_code == 200
+    assert "operator" in runner.invoke(app, ["keys", "list", "--tenant", "ops"]).output
+    wrong = runner.invoke(app, ["keys", "create", "--tenant", "ops", "--role", "admin"])
+    assert wrong.exit_code == 1 and "unknown role" in wrong.output
+
 
 def test_values_the_database_cannot_store_are_422_not_500(client, indexed, collection):
     key = make_key("default")

@@ -33,8 +33,10 @@ def service_environment(
 
 
 @contextmanager
-def served_deployments(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``serve_deployments()`` in a subprocess polling every second; waits until the
+def served_deployments(
+    env: dict[str, str], log: Path, *, limit: int | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``serve_deployments(limit)`` in a subprocess polling every second; waits until the
     ingest and delete deployments exist on the server."""
     full_env = {
         **os.environ,
@@ -42,7 +44,7 @@ def served_deployments(env: dict[str, str], log: Path) -> Iterator[subprocess.Po
         "PREFECT_RUNNER_POLL_FREQUENCY": "1",
         "PYTHONPATH": str(REPO),
     }
-    serve = "from deployments.definitions import serve_deployments; serve_deployments()"
+    serve = f"from deployments.definitions import serve_deployments; serve_deployments({limit})"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-c", serve], env=full_env, cwd=REPO, stdout=out, stderr=out
