@@ -258,3 +258,22 @@ class JobStatsModel(BaseModel):
     until: datetime
     overall: StateCountsModel
     tenants: dict[str, StateCountsModel]
+
+
+class CollectionFailure(BaseModel):
+    id: str = Field(description="The document's id.")
+    source_uri: str
+    error: str | None
+    error_code: str | None
+    updated_at: datetime
+
+
+class CollectionStatusModel(BaseModel):
+    name: str
+    embedding_model: str = Field(description="provider:model, fixed for the collection.")
+    dimension: int
+    documents: dict[str, int] = Field(description="Documents by status, every status named.")
+    chunks: int = Field(description="Chunks in the index.")
+    last_indexed_at: datetime | None = Field(description="When a document was last indexed.")
+    last_activity_at: datetime | None = Field(description="When any document last changed.")
+    failures: list[CollectionFailure] = Field(description="The latest failures, newest first.")

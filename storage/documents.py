@@ -152,11 +152,26 @@ def status_counts(conn: Conn, *, collection_id: int | None = None) -> dict[str, 
     return {r["status"]: r["n"] for r in rows}
 
 
+def collection_totals(conn: Conn, *, collection_id: int) -> dict[str, Any]:
+    """A collection's chunks (counted from the index itself), its last document indexed and
+    its last change of any document."""
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM chunks WHERE collection_id = %(cid)s) AS chunks,"
+        " max(indexed_at) AS last_indexed_at, max(updated_at) AS last_activity_at"
+        " FROM documents WHERE collection_id = %(cid)s",
+        {"cid": collection_id},
+    ).fetchone()
+    assert row is not None  # an aggregate always returns its row
+    return dict(row)
+
+
 def recent_failures(
     conn: Conn, *, collection_id: int | None = None, limit: int = 10
 ) -> list[dict[str, Any]]:
+    """The latest failed documents: id, source, reason and its code, when, collection."""
     return conn.execute(
-        "SELECT d.source_uri, d.error, d.updated_at, c.name AS collection"
+        "SELECT d.id::text AS id, d.source_uri, d.error, d.error_code, d.updated_at,"
+        " c.name AS collection"
         " FROM documents d JOIN collections c ON c.id = d.collection_id"
         " WHERE d.status = 'failed' AND (%(cid)s::int IS NULL OR d.collection_id = %(cid)s)"
         " ORDER BY d.updated_at DESC LIMIT %(limit)s",

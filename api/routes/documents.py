@@ -1,4 +1,5 @@
-"""Documents of a collection: list (by status, paginated), get, delete one or many."""
+"""A collection's status, and its documents: list (by status, paginated), get, delete one or
+many."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from fastapi.responses import JSONResponse
 from api.deps import CollectionName, DocumentId, Principal
 from api.models import (
     ChunkProvenance,
+    CollectionFailure,
+    CollectionStatusModel,
     DeleteDocumentsRequest,
     DeleteNowResult,
     DocumentDetail,
@@ -21,6 +24,27 @@ from ingestflow.core.types import DocumentStatus
 from ingestflow.service import documents as service
 
 router = APIRouter(tags=["documents"])
+
+
+@router.get("/collections/{collection}/status", response_model=CollectionStatusModel)
+def collection_status(
+    collection: CollectionName,
+    key: Principal,
+    failures: Annotated[int, Query(ge=0, le=100, description="How many failures to list.")] = 10,
+) -> CollectionStatusModel:
+    """Documents by status, chunks in the index, the last ingest and the latest failures with
+    their reasons."""
+    found = service.collection_status(collection, tenant=key.tenant, failures=failures)
+    return CollectionStatusModel(
+        name=found.name,
+        embedding_model=found.embedding_model,
+        dimension=found.dimension,
+        documents=found.documents,
+        chunks=found.chunks,
+        last_indexed_at=found.last_indexed_at,
+        last_activity_at=found.last_activity_at,
+        failures=[CollectionFailure.model_validate(f) for f in found.failures],
+    )
 
 
 @router.get("/collections/{collection}/documents", response_model=DocumentPage)

@@ -11,11 +11,13 @@ from typing import Any
 
 from deployments.submit import submit_delete as submit_delete_job
 from ingestflow.core.errors import DocumentNotFoundError, IngestError, InvalidRequestError
+from ingestflow.core.types import DocumentStatus
 from storage.collections import list_collections
 from storage.db import connection
 from storage.documents import (
     DocumentRecord,
     chunk_provenance,
+    collection_totals,
     find_document,
     recent_failures,
     status_counts,
@@ -42,6 +44,40 @@ def status(*, collection: str | None = None, tenant: str = "default") -> StatusR
             failures=recent_failures(conn, collection_id=cid),
             collections=[c.name for c in list_collections(conn, tenant=tenant)],
         )
+
+
+@dataclass(frozen=True)
+class CollectionStatus:
+    name: str
+    embedding_model: str
+    dimension: int
+    documents: dict[str, int]  # by status, every status present
+    chunks: int
+    last_indexed_at: datetime | None
+    last_activity_at: datetime | None
+    failures: list[dict[str, Any]]  # the latest, with their reasons
+
+
+def collection_status(
+    collection: str, *, tenant: str = "default", failures: int = 10
+) -> CollectionStatus:
+    """A collection at a glance: documents by status, chunks in the index, when a document
+    was last indexed, and the latest failures with their reasons."""
+    found = open_collection(collection, tenant=tenant)
+    with connection() as conn:
+        counts = status_counts(conn, collection_id=found.id)
+        totals = collection_totals(conn, collection_id=found.id)
+        failed = recent_failures(conn, collection_id=found.id, limit=failures)
+    return CollectionStatus(
+        name=found.name,
+        embedding_model=found.embedder_identity,
+        dimension=found.dimension,
+        documents={s.value: counts.get(s.value, 0) for s in DocumentStatus},
+        chunks=int(totals["chunks"]),
+        last_indexed_at=totals["last_indexed_at"],
+        last_activity_at=totals["last_activity_at"],
+        failures=failed,
+    )
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ def test_bad_input_is_a_json_4xx_never_a_500(client):
     search = "/v1/collections/nope/search"
     cases = [
         client.post(search, headers=owner, json={"query": "x", "k": 0}),
-        client.post(search, headers=owner, json={"query": "x", "k": 101}),
+        client.post(search, headers=owner, json={"query": "x", "k": 1001}),
         client.post(search, headers=owner, json={"query": "", "k": 3}),
         client.post(search, headers=owner, json={"query": "x", "filter": [1]}),
         client.post(
@@ -226,3 +226,37 @@ def test_values_the_database_cannot_store_are_422_not_500(client, indexed, colle
     assert nul_filter.status_code == 422, nul_filter.text
     nul_name = client.get("/v1/collections/a%00b/documents", headers=key)
     assert nul_name.status_code in (404, 422), nul_name.text
+
+
+def test_collection_status_counts_documents_chunks_and_failures(
+    client, indexed, collection, tmp_path
+):
+    from ingestflow import ingest
+
+    broken = tmp_path / "broken" / "report.pdf"
+    broken.parent.mkdir()
+    broken.write_bytes(b"%PDF-1.7\nthis is not a PDF body\n")
+    assert ingest(broken, collection=collection).failed
+    owner = make_key("default")
+
+    resp = client.get(f"/v1/collections/{collection}/status", headers=owner)
+    assert resp.status_code == 200, resp.text
+    status = resp.json()
+    assert status["name"] == collection and status["dimension"] > 0
+    assert status["documents"]["indexed"] == 2 and status["documents"]["failed"] == 1
+    assert set(status["documents"]) == {
+        "queued", "processing", "indexed", "unchanged", "failed", "deleted"
+    }  # fmt: skip
+    assert status["chunks"] == sum(
+        client.get(f"/v1/collections/{collection}/documents/{i}", headers=owner).json()[
+            "chunk_count"
+        ]
+        for i in indexed.values()
+    )
+    assert status["chunks"] >= 2 and status["last_indexed_at"] is not None
+    [failure] = status["failures"]
+    assert failure["source_uri"].endswith("report.pdf") and failure["error_code"] == "parse_error"
+    assert failure["error"]
+
+    other = client.get(f"/v1/collections/{collection}/status", headers=make_key("other"))
+    assert other.status_code == 404
