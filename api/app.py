@@ -24,6 +24,7 @@ from api.models import ErrorResponse
 from api.routes import documents, jobs, live, metrics, operators, ops, search, uploads
 from ingestflow import __version__
 from ingestflow.core.errors import IngestError
+from ingestflow.core.telemetry import setup_telemetry
 from ingestflow.service.runtime import prepare
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     """Set the process up once: the schema and the Prefect server. A database that is not
     reachable yet does not stop the API: ``/readyz`` reports it, and brings the schema up to
-    date once it answers."""
+    date once it answers. Traces and error reports start here when configured."""
+    setup_telemetry()
     try:
         await run_in_threadpool(prepare)
     except IngestError as exc:

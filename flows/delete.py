@@ -8,7 +8,7 @@ from prefect.runtime import flow_run
 from storage.migrate import ensure_schema
 from tasks.collections import open_collection
 from tasks.delete import DeleteResult, delete_outcome, delete_task
-from tasks.jobs import job_ended, job_started
+from tasks.jobs import job_ended, job_span, job_started, span_outcome
 from tasks.work import describe_error
 
 
@@ -23,15 +23,18 @@ def delete_documents(
     ``deleted``, uploaded copies removed. Ids that do not exist are reported, not errors.
     ``job_id`` is the job this run does (its record follows the run)."""
     ensure_schema()
-    job_started(job_id, flow_run_id=flow_run.id)
-    try:
-        coll = open_collection(collection, tenant=tenant)
-        result = delete_task(list(dict.fromkeys(document_ids)), coll.id)
-    except BaseException as exc:
-        job_ended(job_id, "failed", describe_error(exc))
-        raise
-    result.collection = collection
-    job_ended(job_id, *delete_outcome(result))
+    with job_span(job_id, kind="delete", tenant=tenant, collection=collection) as span:
+        job_started(job_id, flow_run_id=flow_run.id)
+        try:
+            coll = open_collection(collection, tenant=tenant)
+            result = delete_task(list(dict.fromkeys(document_ids)), coll.id)
+        except BaseException as exc:
+            job_ended(job_id, "failed", describe_error(exc))
+            raise
+        result.collection = collection
+        state, message, documents = delete_outcome(result)
+        span_outcome(span, state, documents)
+        job_ended(job_id, state, message, documents)
     get_run_logger().info(
         "deleted %d document(s) from %r (%d not found)",
         len(result.deleted),

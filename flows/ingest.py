@@ -36,7 +36,7 @@ from tasks.config import ChunkingConfig, PipelineConfig
 from tasks.dedupe import dedupe_task
 from tasks.embed import embed_task
 from tasks.fetch import fetch_task, hash_task
-from tasks.jobs import ingest_outcome, job_ended, job_started
+from tasks.jobs import ingest_outcome, job_ended, job_span, job_started, span_outcome
 from tasks.parse import parse_task
 from tasks.stages import Stage, micro_batches, run_batches
 from tasks.upsert import upsert_task
@@ -111,24 +111,26 @@ def ingest_batches(
     inside a flow. ``total``, when known, drives the progress artifact; the job's record,
     when there is one, follows the run."""
     ensure_schema()
-    job_started(job_id, flow_run_id=flow_run.id)
-    try:
-        result = _ingest(
-            batches,
-            collection=collection,
-            metadata=metadata,
-            force=force,
-            total=total,
-            password=password,
-            tenant=tenant,
-            chunking=chunking,
-            job_id=job_id,
-        )
-    except BaseException as exc:
-        job_ended(job_id, "failed", describe_error(exc))
-        raise
-    state, message, documents = ingest_outcome(result.outcomes)
-    job_ended(job_id, state, message, documents)
+    with job_span(job_id, kind="ingest", tenant=tenant, collection=collection) as span:
+        job_started(job_id, flow_run_id=flow_run.id)
+        try:
+            result = _ingest(
+                batches,
+                collection=collection,
+                metadata=metadata,
+                force=force,
+                total=total,
+                password=password,
+                tenant=tenant,
+                chunking=chunking,
+                job_id=job_id,
+            )
+        except BaseException as exc:
+            job_ended(job_id, "failed", describe_error(exc))
+            raise
+        state, message, documents = ingest_outcome(result.outcomes)
+        span_outcome(span, state, documents)
+        job_ended(job_id, state, message, documents)
     if job_id is not None and state == "failed":
         raise DocumentsFailedError(message or "every document failed")
     return result

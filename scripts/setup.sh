@@ -15,7 +15,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
     echo "installing ingestflow and its dependencies into .venv (first run takes a few minutes)..."
     log=.venv/install.log
     if ! { .venv/bin/python -m pip install --disable-pip-version-check --upgrade pip &&
-           .venv/bin/python -m pip install --disable-pip-version-check -e ".[local,dev,stores,bench]"; } >"$log" 2>&1; then
+           .venv/bin/python -m pip install --disable-pip-version-check -e ".[local,dev,stores,bench,sentry]"; } >"$log" 2>&1; then
         tail -40 "$log"
         echo "installation failed; the full log is in $log" >&2
         exit 1

@@ -2,7 +2,9 @@
 
 The record is the job's truth once it has ended; while it runs, the queue backend is asked
 too (a run killed outright cannot write its own end). Which documents a job carries, and
-how far each got, is in the documents table (``storage.job_documents``).
+how far each got, is in the documents table (``storage.job_documents``). Each change of a
+job's state is counted (``storage.counters``) in the statement's transaction, once: a second
+report of the same end counts nothing.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from storage.counters import JOB_SECONDS, JOBS, increment, observe
 from storage.db import Conn
 
 TERMINAL = ("completed", "completed_with_errors", "failed", "cancelled")
@@ -63,11 +66,13 @@ def create_job(
     documents: int = 0,
 ) -> JobRecord:
     """The job's record, ``queued``; an existing record of this id is returned unchanged."""
-    conn.execute(
+    inserted = conn.execute(
         "INSERT INTO jobs (id, tenant, collection, kind, backend, priority, run_id,"
         " documents_total) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
         (job_id, tenant, collection, kind, backend, priority, run_id, documents),
-    )
+    ).rowcount
+    if inserted:
+        increment(conn, JOBS, (tenant, kind, "submitted"))
     found = find_job(conn, job_id=job_id)
     assert found is not None  # inserted, or there already
     return found
@@ -90,14 +95,22 @@ def job_for_run(conn: Conn, *, run_id: str) -> JobRecord | None:
     return JobRecord(**row) if row else None
 
 
+_START = """
+WITH before AS (SELECT id, started_at FROM jobs WHERE id = %(id)s FOR UPDATE)
+UPDATE jobs SET state = 'running', flow_run_id = coalesce(%(flow_run)s, jobs.flow_run_id),
+    started_at = coalesce(jobs.started_at, now()), finished_at = NULL, message = NULL,
+    updated_at = now()
+FROM before WHERE jobs.id = before.id AND jobs.state <> 'cancelled'
+RETURNING jobs.tenant, jobs.kind, before.started_at IS NOT NULL AS again
+"""
+
+
 def start_job(conn: Conn, *, job_id: str, flow_run_id: str | None) -> None:
     """The run has started (again, after a retry: the first start is kept)."""
-    conn.execute(
-        "UPDATE jobs SET state = 'running', flow_run_id = coalesce(%s, flow_run_id),"
-        " started_at = coalesce(started_at, now()), finished_at = NULL, message = NULL,"
-        " updated_at = now() WHERE id = %s AND state <> 'cancelled'",
-        (flow_run_id, job_id),
-    )
+    row = conn.execute(_START, {"id": job_id, "flow_run": flow_run_id}).fetchone()
+    if row is not None:
+        event = "retried" if row["again"] else "started"
+        increment(conn, JOBS, (row["tenant"], row["kind"], event))
 
 
 def add_progress(
@@ -118,6 +131,19 @@ def reset_progress(conn: Conn, *, job_id: str) -> None:
     )
 
 
+_FINISH = """
+WITH before AS (SELECT id, state FROM jobs WHERE id = %(id)s FOR UPDATE)
+UPDATE jobs SET state = %(state)s, message = %(message)s, finished_at = now(),
+    updated_at = now(), documents_total = coalesce(%(total)s, documents_total),
+    documents_done = coalesce(%(done)s, documents_done),
+    documents_failed = coalesce(%(failed)s, documents_failed)
+FROM before
+WHERE jobs.id = before.id AND (jobs.state <> 'cancelled' OR %(state)s = 'cancelled')
+RETURNING jobs.tenant, jobs.kind, before.state = ANY(%(terminal)s) AS was_terminal,
+    extract(epoch FROM now() - jobs.started_at) AS seconds
+"""
+
+
 def finish_job(
     conn: Conn,
     *,
@@ -130,12 +156,8 @@ def finish_job(
     stays cancelled whatever its run reports after."""
     assert state in TERMINAL
     total, done, failed = documents if documents else (None, None, None)
-    conn.execute(
-        "UPDATE jobs SET state = %(state)s, message = %(message)s, finished_at = now(),"
-        " updated_at = now(), documents_total = coalesce(%(total)s, documents_total),"
-        " documents_done = coalesce(%(done)s, documents_done),"
-        " documents_failed = coalesce(%(failed)s, documents_failed)"
-        " WHERE id = %(id)s AND (state <> 'cancelled' OR %(state)s = 'cancelled')",
+    row = conn.execute(
+        _FINISH,
         {
             "state": state,
             "message": message,
@@ -143,8 +165,13 @@ def finish_job(
             "done": done,
             "failed": failed,
             "id": job_id,
+            "terminal": list(TERMINAL),
         },
-    )
+    ).fetchone()
+    if row is not None and not row["was_terminal"]:
+        increment(conn, JOBS, (row["tenant"], row["kind"], state))
+        if row["seconds"] is not None:
+            observe(conn, JOB_SECONDS, (row["kind"],), float(row["seconds"]))
 
 
 def find_job(conn: Conn, *, job_id: str, tenant: str | None = None) -> JobRecord | None:
@@ -200,10 +227,6 @@ def expire_jobs(conn: Conn, *, older_than_seconds: float) -> list[JobRecord]:
         f" - make_interval(secs => %s) RETURNING {_COLUMNS}",
         (list(TERMINAL), older_than_seconds),
     ).fetchall()
-    conn.execute(
-        "DELETE FROM stage_runs WHERE at < now() - make_interval(secs => %s)",
-        (older_than_seconds,),
-    )
     return [JobRecord(**r) for r in rows]
 
 
@@ -218,10 +241,3 @@ def job_counts(
         " GROUP BY tenant, kind, state ORDER BY tenant, kind, state",
         {"since": since, "until": until, "tenant": tenant},
     ).fetchall()
-
-
-def record_stage_run(conn: Conn, *, tenant: str, stage: str, outcome: str, seconds: float) -> None:
-    conn.execute(
-        "INSERT INTO stage_runs (tenant, stage, outcome, seconds) VALUES (%s, %s, %s, %s)",
-        (tenant, stage, outcome, seconds),
-    )

@@ -19,7 +19,9 @@ What the numbers mean:
   collection is dropped.
 - stage seconds: the sum and count of each stage's duration over the documents' most recent
   successful indexing (``documents.timings``); re-indexing a document replaces its entry, so
-  these describe the current corpus, not every run ever made (Prefect keeps per-run history).
+  these describe the current corpus, not every run ever made.
+- jobs and stage runs: counters and histograms of every run ever made, which the processes
+  doing the work add to as it happens (``storage.counters``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import psycopg
 
 from ingestflow.core.errors import StoreError
 from ingestflow.core.types import DocumentStatus
+from storage.counters import CounterValue, HistogramValue, read_counters, read_histograms
 from storage.db import Conn
 
 STAGES = ("fetch", "hash", "dedupe", "parse", "chunk", "embed", "upsert")
@@ -64,6 +67,8 @@ class PipelineMetrics:
     chunks: int
     embedding_tokens: int
     stages: dict[str, StageTotals] = field(default_factory=dict)  # every stage of STAGES
+    counters: dict[str, list[CounterValue]] = field(default_factory=dict)  # by metric name
+    histograms: dict[str, list[HistogramValue]] = field(default_factory=dict)
 
     @property
     def queued(self) -> int:
@@ -82,6 +87,7 @@ def read_metrics(conn: Conn) -> PipelineMetrics:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             documents = conn.execute(_DOCUMENTS).fetchall()
             stages = conn.execute(_STAGES, (list(STAGES),)).fetchall()
+            counters, histograms = read_counters(conn), read_histograms(conn)
     except psycopg.OperationalError as e:
         # The first line only: enough to diagnose, and free of the connection string.
         cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -100,4 +106,6 @@ def read_metrics(conn: Conn) -> PipelineMetrics:
         chunks=sum(int(r["chunks"]) for r in documents),
         embedding_tokens=sum(int(r["tokens"]) for r in documents),
         stages={stage: timed.get(stage, StageTotals()) for stage in STAGES},
+        counters=counters,
+        histograms=histograms,
     )

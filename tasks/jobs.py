@@ -11,16 +11,44 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
+from ingestflow.core.telemetry import mark_error, setup_telemetry, span
 from ingestflow.core.types import DocumentOutcome, DocumentStatus
+from storage.counters import STAGE_RUN_SECONDS, STAGE_RUNS, increment, observe
 from storage.db import transaction
-from storage.jobs import add_progress, finish_job, record_stage_run, reset_progress, start_job
+from storage.jobs import add_progress, finish_job, reset_progress, start_job
 
 FLUSH_SECONDS = 1.0
 _lock = threading.Lock()
 _pending: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
 _flushed: dict[str, float] = {}
+
+
+@contextmanager
+def job_span(job_id: str | None, *, kind: str, tenant: str, collection: str) -> Iterator[Any]:
+    """The trace span of a job's run (a run with no job, a notebook's, has one too); sets the
+    process's telemetry up on first use."""
+    setup_telemetry()
+    attributes = {
+        "ingestflow.job.id": job_id,
+        "ingestflow.job.kind": kind,
+        "ingestflow.tenant": tenant,
+        "ingestflow.collection": collection,
+    }
+    with span("ingestflow.job", **attributes) as current:
+        yield current
+
+
+def span_outcome(current: Any, state: str, documents: tuple[int, int, int]) -> None:
+    """How the job ended, on its span: a failed job's span is an error."""
+    current.set_attribute("ingestflow.job.state", state)
+    current.set_attribute("ingestflow.documents", documents[0])
+    current.set_attribute("ingestflow.documents.failed", documents[2])
+    if state == "failed":
+        mark_error(current, "failed")
 
 
 def job_started(job_id: str | None, *, flow_run_id: str | None) -> None:
@@ -87,8 +115,15 @@ def ingest_outcome(
     return "completed_with_errors", f"{len(failed)} of {len(outcomes)} documents failed", counts
 
 
-def stage_ran(tenant: str, stage: str, outcome: str, seconds: float) -> None:
-    """One run of a stage task: ``succeeded``, ``failed`` or ``retried`` (the counters and
-    histograms of ``/metrics``)."""
+def stage_started(tenant: str, stage: str) -> None:
+    """A stage task has started on a micro-batch (the counters of ``/metrics``)."""
     with transaction() as conn:
-        record_stage_run(conn, tenant=tenant, stage=stage, outcome=outcome, seconds=seconds)
+        increment(conn, STAGE_RUNS, (tenant, stage, "started"))
+
+
+def stage_ran(tenant: str, stage: str, outcome: str, seconds: float) -> None:
+    """A stage task's run has ended: ``succeeded``, ``failed`` or ``retried`` (the counters
+    and histograms of ``/metrics``)."""
+    with transaction() as conn:
+        increment(conn, STAGE_RUNS, (tenant, stage, outcome))
+        observe(conn, STAGE_RUN_SECONDS, (stage,), seconds)

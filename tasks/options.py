@@ -1,5 +1,5 @@
-"""How every stage task is wrapped: retries with backoff and jitter, timeouts, tags, and
-the record of each run (its outcome and duration, for ``/metrics``).
+"""How every stage task is wrapped: retries with backoff and jitter, timeouts, tags, the
+count of each run (its outcome and duration, for ``/metrics``) and its trace span.
 
 Permanent errors (bad input, bad configuration) are never retried.
 """
@@ -13,7 +13,8 @@ from typing import Any, Protocol
 from prefect import Task, task
 
 from ingestflow.core.errors import is_permanent
-from tasks.jobs import stage_ran
+from ingestflow.core.telemetry import span
+from tasks.jobs import stage_ran, stage_started
 from tasks.work import DocWork, StageContext
 
 RETRIES = 3
@@ -70,16 +71,28 @@ def stage_task(
 
     def wrap(fn: PlainStage) -> Task[[list[DocWork], StageContext], list[DocWork]]:
         def run(works: list[DocWork], ctx: StageContext) -> list[DocWork]:
-            started = time.perf_counter()
             last = final_attempt()
-            try:
-                done = fn(works, ctx, final_attempt=last)
-            except Exception:
-                outcome = "failed" if last else "retried"
-                stage_ran(ctx.tenant, stage, outcome, time.perf_counter() - started)
-                raise
-            stage_ran(ctx.tenant, stage, "succeeded", time.perf_counter() - started)
-            return done
+            stage_started(ctx.tenant, stage)
+            with span(
+                f"ingestflow.stage.{stage}",
+                **{
+                    "ingestflow.stage.name": stage,
+                    "ingestflow.tenant": ctx.tenant,
+                    "ingestflow.job.id": ctx.job_id,
+                    "ingestflow.documents": len(works),
+                },
+            ) as current:
+                started = time.perf_counter()
+                try:
+                    done = fn(works, ctx, final_attempt=last)
+                except Exception:
+                    outcome = "failed" if last else "retried"
+                    current.set_attribute("ingestflow.stage.outcome", outcome)
+                    stage_ran(ctx.tenant, stage, outcome, time.perf_counter() - started)
+                    raise
+                current.set_attribute("ingestflow.stage.outcome", "succeeded")
+                stage_ran(ctx.tenant, stage, "succeeded", time.perf_counter() - started)
+                return done
 
         # Named as the plain function, but with its own signature: Prefect binds a task's
         # parameters by the signature, which must not grow ``final_attempt``.

@@ -7,7 +7,10 @@ nothing. Include it with ``app.include_router(metrics.router)``.
 
 Exposed (all prefixed ``ingestflow_``): ``up``, ``documents{status}``, ``chunks``,
 ``failures{reason}`` (failed documents by error code), ``stage_seconds{stage}`` (``_sum`` and
-``_count``), ``embedding_tokens_total``, ``queue_depth`` and ``queue_up``. When the queue
+``_count``, over each document's latest indexing), ``embedding_tokens_total``,
+``jobs_total{tenant,kind,event}``, ``stage_runs_total{tenant,stage,outcome}``, the
+histograms ``job_seconds{kind}`` and ``stage_run_seconds{stage}``, ``queue_depth`` and
+``queue_up``. When the queue
 backend cannot be reached, or does not answer within ``QUEUE_TIMEOUT_SECONDS``,
 ``queue_depth`` is left out and ``queue_up`` is 0; when the database cannot be reached, the
 scrape answers 503.
@@ -25,6 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     Metric,
     SummaryMetricFamily,
 )
@@ -107,7 +111,29 @@ class PipelineCollector(Collector):
             "Tokens sent to the embedder (cache hits cost none).",
             value=s.embedding_tokens,
         )
+        yield from self._runs()
         yield from self._queue()
+
+    def _runs(self) -> Iterator[Metric]:
+        """The counters and histograms of jobs and stage runs."""
+        for counter in service.COUNTERS:
+            family = CounterMetricFamily(counter.name, counter.help, labels=counter.labels)
+            for c in self.snapshot.counters.get(counter.name, []):
+                family.add_metric(list(c.labels), c.value)
+            yield family
+        for histogram in service.HISTOGRAMS:
+            observed = HistogramMetricFamily(
+                histogram.name, histogram.help, labels=histogram.labels
+            )
+            for h in self.snapshot.histograms.get(histogram.name, []):
+                if len(h.buckets) != len(histogram.bounds):
+                    continue  # written under other bounds; the next observation resets it
+                buckets = [
+                    (_bound(b), float(n)) for b, n in zip(histogram.bounds, h.buckets, strict=True)
+                ]
+                buckets.append(("+Inf", float(h.count)))
+                observed.add_metric(list(h.labels), buckets, sum_value=h.sum)
+            yield observed
 
     def _queue(self) -> Iterator[Metric]:
         up = self.queue_depth is not None
@@ -120,3 +146,8 @@ class PipelineCollector(Collector):
                 "Jobs submitted to the queue backend and not yet started.",
                 value=self.queue_depth,
             )
+
+
+def _bound(value: float) -> str:
+    """A bucket's ``le`` as Prometheus writes it (``0.5``, ``10.0``)."""
+    return str(float(value))

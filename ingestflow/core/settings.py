@@ -265,6 +265,41 @@ class ApiSettings(BaseSettings):
     )
 
 
+class JobSettings(BaseSettings):
+    """How long job records are kept."""
+
+    model_config = SettingsConfigDict(env_prefix="INGESTFLOW_JOBS_", extra="ignore")
+
+    retention_days: float = Field(
+        default=30,
+        ge=0,
+        allow_inf_nan=False,
+        description="Ended jobs older than this are deleted, with their Prefect flow runs and"
+        " Celery results; 0 keeps them forever.",
+    )
+
+
+class TelemetrySettings(BaseSettings):
+    """Traces and error reports: OpenTelemetry's and Sentry's own variables, both off unless
+    set."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    otlp_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+        ),
+        description="An OTLP/HTTP receiver (e.g. http://collector:4318): spans are exported.",
+    )
+    service_name: str = Field(default="ingestflow", validation_alias="OTEL_SERVICE_NAME")
+    sentry_dsn: SecretStr | None = Field(
+        default=None,
+        validation_alias="SENTRY_DSN",
+        description="Errors are reported to this Sentry project (needs ingestflow[sentry]).",
+    )
+
+
 class Settings:
     """The settings of every concern, built on first access."""
 
@@ -278,6 +313,8 @@ class Settings:
         self.celery = _build(CelerySettings)
         self.parse = _build(ParseSettings)
         self.api = _build(ApiSettings)
+        self.jobs = _build(JobSettings)
+        self.telemetry = _build(TelemetrySettings)
 
 
 @lru_cache(maxsize=1)
@@ -303,5 +340,7 @@ def _variable(cls: type[BaseSettings], field: str) -> str:
     alias = info.validation_alias if info else None
     if isinstance(alias, AliasChoices):
         return str(alias.choices[0])
+    if isinstance(alias, str):
+        return alias
     prefix = str(cls.model_config.get("env_prefix", ""))
     return (prefix + field).upper()

@@ -1,4 +1,5 @@
-"""What ``/metrics`` reports: a snapshot of the documents table and the queue's depth.
+"""What ``/metrics`` reports: a snapshot of the documents table, the counters of jobs and
+stage runs, and the queue's depth.
 
 Nothing is counted in the serving process: each scrape reads the database (see
 ``storage.metrics``), so every API replica reports the same numbers and a restart loses
@@ -11,10 +12,11 @@ import logging
 
 from deployments.queue import get_backend
 from ingestflow.core.errors import BackendUnavailableError
+from storage.counters import COUNTERS, HISTOGRAMS
 from storage.db import connection
 from storage.metrics import PipelineMetrics, StageTotals, read_metrics
 
-__all__ = ["PipelineMetrics", "StageTotals", "queue_depth", "snapshot"]
+__all__ = ["COUNTERS", "HISTOGRAMS", "PipelineMetrics", "StageTotals", "queue_depth", "snapshot"]
 log = logging.getLogger(__name__)
 
 

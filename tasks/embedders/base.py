@@ -20,6 +20,7 @@ import numpy as np
 from ingestflow.core import registry
 from ingestflow.core.registry import Registry
 from ingestflow.core.settings import EmbeddingSettings, get_settings
+from ingestflow.core.telemetry import span
 
 
 class Embedder(ABC):
@@ -74,10 +75,19 @@ class Embedder(ABC):
         self, texts: Sequence[str], on_batch: Callable[[list[int]], None] | None = None
     ) -> np.ndarray:
         """Embed any number of texts, batch by batch, keeping their order; ``on_batch`` is
-        told the positions of each batch's texts once they are embedded."""
+        told the positions of each batch's texts once they are embedded. Each batch is one
+        request to the model (one trace span)."""
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         for idx in self.batches(texts):
-            out[idx] = self.embed_batch([texts[i] for i in idx])
+            with span(
+                "ingestflow.embed.request",
+                **{
+                    "ingestflow.embed.provider": self.provider,
+                    "ingestflow.embed.model": self.model,
+                    "ingestflow.embed.texts": len(idx),
+                },
+            ):
+                out[idx] = self.embed_batch([texts[i] for i in idx])
             if on_batch is not None:
                 on_batch(idx)
         return out

@@ -154,7 +154,7 @@ def corpus(tmp_path: Path, collection: str, eval_data: Path) -> Path:
 
 
 EXPECTED_FAILURES = {
-    "locked.pdf": "encrypted",
+    "locked.pdf": "password_required",
     "scan.pdf": "empty_document",
     "truncated.pdf": "parse_error",
 }

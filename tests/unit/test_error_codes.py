@@ -56,6 +56,7 @@ EXPECTED: dict[type[IngestError], str] = {
     errors.CollectionNotFoundError: "collection_not_found",
     errors.DocumentNotFoundError: "document_not_found",
     errors.JobNotFoundError: "job_not_found",
+    errors.QueueNotFoundError: "queue_not_found",
     errors.JobConflictError: "job_conflict",
     errors.DocumentsFailedError: "documents_failed",
     errors.LimitExceededError: "limit_exceeded",

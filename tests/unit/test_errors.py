@@ -31,6 +31,7 @@ PERMANENT = {
     errors.CollectionNotFoundError,
     errors.DocumentNotFoundError,
     errors.JobNotFoundError,
+    errors.QueueNotFoundError,
     errors.JobConflictError,
     errors.DocumentsFailedError,
     errors.LimitExceededError,
