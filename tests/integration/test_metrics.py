@@ -206,6 +206,17 @@ def test_metrics_follow_the_ingested_documents(pipeline, collection, corpus, cli
     for stage in STAGES:  # timings are stored for indexed documents only
         assert delta(after, before, "ingestflow_stage_seconds_count", stage=stage) == 2
         assert delta(after, before, "ingestflow_stage_seconds_sum", stage=stage) >= 0
+    # One micro-batch: each stage ran once, and succeeded (a document's failure is its own).
+    runs = "ingestflow_stage_runs_total"
+    for stage in STAGES:
+        for outcome, n in (("started", 1), ("succeeded", 1), ("failed", 0), ("retried", 0)):
+            moved = delta(after, before, runs, tenant="default", stage=stage, outcome=outcome)
+            assert moved == n, (stage, outcome)
+        assert delta(after, before, "ingestflow_stage_run_seconds_count", stage=stage) == 1
+        count = value(after, "ingestflow_stage_run_seconds_count", stage=stage)
+        assert value(after, "ingestflow_stage_run_seconds_bucket", stage=stage, le="+Inf") == count
+        fastest = value(after, "ingestflow_stage_run_seconds_bucket", stage=stage, le="0.01")
+        assert 0 <= fastest <= count
     assert value(after, "ingestflow_up") == 1
     assert value(after, "ingestflow_queue_up") == 1
     assert value(after, "ingestflow_queue_depth") == 4
