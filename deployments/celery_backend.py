@@ -217,6 +217,28 @@ class CeleryBackend:
                 )
         return self._queue_info(name)
 
+    def prune_runs(self, *, before: datetime, limit: int = 1000) -> int:
+        """Delete the stored results (and job records) of tasks that ended before
+        ``before``. Redis expires them anyway after ``RESULT_TTL_SECONDS``; this is for a
+        shorter retention."""
+        backend = self.app.backend
+        prefix = _text(backend.task_keyprefix)
+        deleted = 0
+        with self._reachable():
+            client = self._client()
+            for key in client.scan_iter(match=prefix + "*", count=500):
+                raw = client.get(key)
+                meta = backend.decode_result(raw) if raw else None
+                done = _when(meta.get("date_done")) if isinstance(meta, dict) else None
+                if done is None or _aware(done) >= before:
+                    continue
+                task_id = _text(key).removeprefix(prefix)
+                client.delete(key, job_key(task_id))
+                deleted += 1
+                if deleted >= limit:
+                    break
+        return deleted
+
     # internals -----------------------------------------------------------------------------
 
     def _consumers(self, queue: str) -> list[str]:
@@ -373,6 +395,11 @@ def _when(value: Any) -> datetime | None:
         with suppress(ValueError):
             return datetime.fromisoformat(value)
     return None
+
+
+def _aware(when: datetime) -> datetime:
+    """Celery writes ``date_done`` in UTC, without a zone when ``enable_utc`` is on."""
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _replace_state(info: JobInfo, state: JobState) -> JobInfo:

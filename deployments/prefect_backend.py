@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -34,6 +34,8 @@ DEPLOYMENTS = {
     JobKind.DELETE: "delete-documents/delete-documents",
 }
 _DEPLOYMENT_NAMES = ["ingest-batch", "delete-documents", "ingest-document"]
+# Every deployment of ours, the scheduled ones too: their old runs are pruned alike.
+_ALL_DEPLOYMENTS = [*_DEPLOYMENT_NAMES, "requeue-documents", "sweep-bucket"]
 _KIND_BY_FLOW = {"ingest-batch": JobKind.INGEST, "delete-documents": JobKind.DELETE}
 _CONNECT_TIMEOUT = 2.0
 _REQUEST_TIMEOUT = 10.0
@@ -213,6 +215,52 @@ class PrefectBackend:
 
     def resume_queue(self, name: str) -> QueueInfo:
         return self._set_paused(name, False)
+
+    def prune_runs(self, *, before: datetime, limit: int = 1000) -> int:
+        """Delete our deployments' flow runs that ended (completed, failed, crashed or were
+        cancelled) before ``before``."""
+        from prefect.client.schemas.filters import (
+            DeploymentFilter,
+            DeploymentFilterName,
+            FlowRunFilter,
+            FlowRunFilterEndTime,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
+        from prefect.client.schemas.sorting import FlowRunSort
+        from prefect.exceptions import ObjectNotFound
+
+        ended = FlowRunFilter(
+            state=FlowRunFilterState(
+                type=FlowRunFilterStateType(
+                    any_=[
+                        StateType.COMPLETED,
+                        StateType.FAILED,
+                        StateType.CRASHED,
+                        StateType.CANCELLED,
+                    ]
+                )
+            ),
+            end_time=FlowRunFilterEndTime(before_=before),  # type: ignore[arg-type]
+        )
+        ours = DeploymentFilter(name=DeploymentFilterName(any_=_ALL_DEPLOYMENTS))
+        deleted = 0
+        with _client() as client:
+            while deleted < limit:
+                runs = client.read_flow_runs(
+                    flow_run_filter=ended,
+                    deployment_filter=ours,
+                    sort=FlowRunSort.END_TIME_DESC,
+                    limit=min(_PAGE, limit - deleted),
+                )
+                if not runs:
+                    break
+                for run in runs:
+                    with suppress(ObjectNotFound):  # deleted by someone else meanwhile
+                        client.delete_flow_run(run.id)
+                    deleted += 1
+        return deleted
 
     def _set_paused(self, name: str, paused: bool) -> QueueInfo:
         from prefect.exceptions import ObjectNotFound

@@ -150,6 +150,11 @@ class QueueBackend(Protocol):
         """Start the queue's jobs again."""
         ...
 
+    def prune_runs(self, *, before: datetime, limit: int = 1000) -> int:
+        """Delete the backend's own records of runs that ended before ``before`` (at most
+        ``limit`` of them); returns how many. Job records are not touched."""
+        ...
+
 
 BACKENDS: Registry[Callable[[], QueueBackend]] = Registry(registry.QUEUE_BACKENDS, "queue backend")
 

@@ -207,13 +207,33 @@ def requeue(
     )
 
 
+@app.command("expire-jobs")
+@one_line_errors
+def expire_jobs(
+    days: Annotated[
+        float | None,
+        typer.Option(help="Keep jobs that ended this recently (default: the setting)."),
+    ] = None,
+) -> None:
+    """Delete the jobs that ended longer ago than INGESTFLOW_JOBS_RETENTION_DAYS (their
+    records, not their documents), with the queue backends' runs of that age."""
+    from ingestflow.service import jobs
+
+    report = jobs.expire_jobs(retention_days=days)
+    runs = ", ".join(f"{n} {name} run(s)" for name, n in report.runs.items()) or "no runs"
+    console.print(f"expired {report.jobs} job(s) and {runs}", markup=False)
+    for name, why in report.skipped.items():
+        err.print(f"the {name} backend was not pruned: {why}", markup=False)
+
+
 @app.command()
 @one_line_errors
 def deploy() -> None:
     """Register the deployments on the ingestflow-process work pool (created with its high,
     normal and low queues if missing); then run `prefect worker start --pool
     ingestflow-process` on any machine."""
-    from deployments.definitions import WORK_POOL, deploy_to_work_pool
+    from deployments.definitions import deploy_to_work_pool
+    from deployments.work_pool import WORK_POOL
 
     ids = deploy_to_work_pool()
     console.print(f"{len(ids)} deployment(s) on work pool {WORK_POOL!r}")

@@ -18,6 +18,8 @@ from typing import Any
 
 from deployments.prefect_server import flow_run_url
 from deployments.queue import JobInfo, get_backend
+from deployments.retention import RetentionReport
+from deployments.retention import expire_jobs as expire_old_jobs
 from deployments.submit import RequeueReport, run_info, submit_delete, submit_ingest
 from deployments.submit import requeue_waiting as requeue_orphans
 from ingestflow.core.errors import (
@@ -205,6 +207,12 @@ def requeue_waiting(*, idle_seconds: float | None = None) -> RequeueReport:
     if idle_seconds is None:
         idle_seconds = get_settings().queue.stuck_after_seconds
     return requeue_orphans(idle_seconds=idle_seconds)
+
+
+def expire_jobs(*, retention_days: float | None = None) -> RetentionReport:
+    """Delete the jobs that ended before the retention (default
+    ``INGESTFLOW_JOBS_RETENTION_DAYS``; 0 keeps them all), with the backends' old runs."""
+    return expire_old_jobs(retention_days=retention_days)
 
 
 # ---------------------------------------------------------------------------- internals
