@@ -18,6 +18,7 @@ from api.models import (
     Worker,
     WorkerList,
 )
+from ingestflow.core.errors import InvalidRequestError
 from ingestflow.service import operators
 
 router = APIRouter(prefix="/ops", tags=["operators"])
@@ -64,16 +65,26 @@ def resume_queue(queue: QueueName, _: Operator) -> QueueModel:
 def job_stats(
     _: Operator,
     since: Annotated[
-        datetime | None, Query(description="Jobs created from then on (default: 24 h ago).")
+        str | None,
+        Query(
+            max_length=64,
+            description="Jobs created from then on, ISO 8601 (default: 24 h ago).",
+            json_schema_extra={"format": "date-time"},
+        ),
     ] = None,
     until: Annotated[
-        datetime | None, Query(description="... and before then (default: now).")
+        str | None,
+        Query(
+            max_length=64,
+            description="... and before then (default: now).",
+            json_schema_extra={"format": "date-time"},
+        ),
     ] = None,
     tenant: Annotated[str | None, Query(max_length=200, description="Only this tenant.")] = None,
 ) -> JobStatsModel:
     """Jobs counted by state and kind, for each tenant and overall, over a time window."""
-    end = _aware(until) if until else datetime.now(UTC)
-    start = _aware(since) if since else end - DEFAULT_WINDOW
+    end = _time(until, "until") if until is not None else datetime.now(UTC)
+    start = _time(since, "since") if since is not None else end - DEFAULT_WINDOW
     stats = operators.job_stats(since=start, until=end, tenant=tenant)
     return JobStatsModel(
         since=stats.since,
@@ -83,6 +94,13 @@ def job_stats(
     )
 
 
-def _aware(when: datetime) -> datetime:
-    """A time without a zone is UTC."""
+def _time(text: str, name: str) -> datetime:
+    """An ISO 8601 time (not a bare number, which a datetime field would take as epoch
+    seconds); one without a zone is UTC."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidRequestError(
+            f"{name} must be an ISO 8601 time, e.g. 2026-01-31T12:00:00Z"
+        ) from None
     return when if when.tzinfo else when.replace(tzinfo=UTC)

@@ -56,7 +56,11 @@ def _multipart_body(*, many: bool, description: str) -> dict[str, Any]:
     field = "files" if many else "file"
     properties = {
         field: files,
-        "metadata": {"type": "string", "description": "A JSON object stored on the document."},
+        "metadata": {
+            "type": "object",
+            "description": "A JSON object stored on the document (at most 16 levels deep and"
+            " 64 KiB; no key naming a secret).",
+        },
         "password": {
             "type": "string",
             "format": "password",
@@ -68,7 +72,12 @@ def _multipart_body(*, many: bool, description: str) -> dict[str, Any]:
         "requestBody": {
             "required": True,
             "description": description,
-            "content": {"multipart/form-data": {"schema": schema}},
+            "content": {
+                "multipart/form-data": {
+                    "schema": schema,
+                    "encoding": {"metadata": {"contentType": "application/json"}},
+                }
+            },
         }
     }
 
@@ -157,10 +166,10 @@ def takes_documents(
     **extra: Any,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """A route that takes documents in and starts their job: 202, with the tenant's job limit
-    checked first; with ``duplicates``, 200 and the existing document when identical bytes
-    are already in the collection."""
+    checked first; with ``duplicates``, 200 when nothing new came (identical bytes are
+    already in the collection), and no job."""
     duplicate: dict[int | str, dict[str, Any]] = {
-        200: {"model": response_model, "description": "Identical bytes already there."}
+        200: {"model": response_model, "description": "Nothing new: identical bytes are there."}
     }
     return router.post(
         path,
@@ -211,6 +220,7 @@ async def upload_document(
 
 @takes_documents(
     "/collections/{collection}/documents:bulk",
+    duplicates=True,
     response_model=BulkAccepted,
     openapi_extra=_multipart_body(many=True, description="Many files, each in field `files`."),
 )

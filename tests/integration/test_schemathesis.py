@@ -29,11 +29,15 @@ MAX_EXAMPLES = 40
 
 @pytest.fixture(scope="module")
 def purged_queues(celery_redis) -> Iterator[None]:
-    """Nothing this module submits is left for a later test's Celery worker."""
+    """Nothing this module submits is left for a later test's Celery worker, and no queue
+    it paused stays paused."""
     yield
     from deployments.celery_app import app
+    from deployments.celery_backend import celery_backend
 
     app.control.purge()
+    for queue in ("high", "normal", "low"):
+        celery_backend().resume_queue(queue)
 
 
 @pytest.fixture
@@ -56,7 +60,8 @@ FUZZ_KEY = generate_key()
 
 @pytest.fixture(scope="module")
 def fuzz_key(database_url) -> None:
-    """Store ``FUZZ_KEY`` (only its hash, as ``create_key`` would), for a tenant of its own."""
+    """Store ``FUZZ_KEY`` (only its hash, as ``create_key`` would), for a tenant of its own,
+    as an operator's key, so the operators' routes are exercised too."""
     from storage.api_keys import hash_key
     from storage.db import connection
     from storage.migrate import ensure_schema
@@ -64,7 +69,8 @@ def fuzz_key(database_url) -> None:
     ensure_schema()
     with connection() as conn:
         conn.execute(
-            "INSERT INTO api_keys (tenant, name, key_hash) VALUES (%s, 'schemathesis', %s)",
+            "INSERT INTO api_keys (tenant, name, role, key_hash)"
+            " VALUES (%s, 'schemathesis', 'operator', %s)",
             (f"fuzz-{uuid.uuid4().hex[:10]}", hash_key(FUZZ_KEY)),
         )
 
