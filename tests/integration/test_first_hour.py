@@ -228,6 +228,9 @@ def test_jobs_outlive_their_backend(api, key, collection, celery_redis, monkeypa
     assert after["state"] == "completed" and after["backend"] == "prefect"
     listed = api.get("/v1/jobs?state=completed", headers=key).json()["items"]
     assert before["id"] in {j["id"] for j in listed}
+    with api.stream("GET", f"/v1/jobs/{before['id']}/events", headers=key) as events:
+        body = "".join(events.iter_text())  # ends at once: the job has ended
+    assert body.rstrip().endswith('data: {"state": "completed"}')
 
 
 def _held_passwords() -> list[dict]:
