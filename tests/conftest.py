@@ -175,6 +175,23 @@ def api(service_env, served, monkeypatch):
     reset_caches()
 
 
+@pytest.fixture
+def celery_api(service_env, celery_redis, monkeypatch):
+    """The API in-process (TestClient) on the Celery backend (the session's Redis); start a
+    worker with ``tests.support.celery_worker.run_celery_worker`` for its jobs to run."""
+    for name, value in service_env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("INGESTFLOW_QUEUE_BACKEND", "celery")
+    reset_caches()
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    with TestClient(create_app()) as client:
+        yield client
+    reset_caches()
+
+
 @pytest.fixture(scope="session")
 def redis_server():
     """A ``redis-server`` of this session's own, which tests may stop and restart."""

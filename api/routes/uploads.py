@@ -181,6 +181,27 @@ def takes_documents(
     )
 
 
+async def _accept(
+    coll: Collection,
+    stored: list[uploads.StoredUpload],
+    form: Form,
+    *,
+    priority: Priority,
+    force: bool,
+) -> list[uploads.Accepted]:
+    """The stored files as documents of ``coll``, with the form's metadata and password,
+    and the job that takes the new ones."""
+    return await run_in_threadpool(
+        uploads.accept_uploads,
+        coll,
+        stored,
+        metadata=form.metadata,
+        password=form.password,
+        priority=priority,
+        force=force,
+    )
+
+
 async def _open(collection: str, tenant: str) -> Collection:
     return await run_in_threadpool(open_collection_for_ingest, collection, tenant=tenant)
 
@@ -205,15 +226,7 @@ async def upload_document(
     form, stored = await store_files(request, coll, max_parts=16, single=True)
     if not stored:
         raise InvalidRequestError("the request has no file part (field `file`)")
-    [item] = await run_in_threadpool(
-        uploads.accept_uploads,
-        coll,
-        stored,
-        metadata=form.metadata,
-        password=form.password,
-        priority=priority,
-        force=force,
-    )
+    [item] = await _accept(coll, stored, form, priority=priority, force=force)
     body = _accepted(item).model_dump(mode="json")
     return JSONResponse(body, status_code=200 if item.duplicate else 202)
 
@@ -241,15 +254,7 @@ async def upload_documents(
     )
     if not stored and not rejected:
         raise InvalidRequestError("the request has no file parts (field `files`)")
-    items = await run_in_threadpool(
-        uploads.accept_uploads,
-        coll,
-        stored,
-        metadata=form.metadata,
-        password=form.password,
-        priority=priority,
-        force=force,
-    )
+    items = await _accept(coll, stored, form, priority=priority, force=force)
     job_id = next((i.job_id for i in items if not i.duplicate), None)
     body = BulkAccepted(
         operation_id=job_id,

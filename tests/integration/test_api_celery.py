@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import reset_caches
 from tests.integration.test_api import make_key
 from tests.support.celery_worker import run_celery_worker, worker_env
 from tests.support.db import document_rows, statuses
@@ -18,19 +16,6 @@ from tests.support.service import wait_until
 
 # Jobs run end to end on a real Celery worker.
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def celery_api(service_env, celery_redis, monkeypatch) -> Iterator[TestClient]:
-    for name, value in service_env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("INGESTFLOW_QUEUE_BACKEND", "celery")
-    reset_caches()
-    from api.app import create_app
-
-    with TestClient(create_app()) as client:
-        yield client
-    reset_caches()
 
 
 @pytest.fixture

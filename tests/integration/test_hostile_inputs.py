@@ -38,14 +38,14 @@ GIB = 1024**3
 
 def eval_expectations(root: Path) -> dict[Path, Expected]:
     """Every file of eval-data with its outcome in a batch without passwords: the files
-    test_eval_data_ingest knows, except that the five with a password now fail as
-    encrypted; the rest (README, checksums, ground truth, SciFact, tools) is text."""
+    test_eval_data_ingest knows, except that the five with a password now fail with
+    ``password_required``; the rest (README, checksums, ground truth, SciFact, tools) is text."""
     passwords = pdf_passwords(root)
     expected: dict[Path, Expected] = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         name = str(path.relative_to(root))
         if path.name in passwords:
-            expected[path] = failed("encrypted", "password")
+            expected[path] = failed("password_required", "password")
         elif name in EVAL_EXPECTED and EVAL_EXPECTED[name] is not None:
             expected[path] = failed("empty_document", str(EVAL_EXPECTED[name]))
         else:

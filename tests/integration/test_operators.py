@@ -13,11 +13,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import reset_caches
 from tests.integration.test_api import make_key
 from tests.integration.test_api_service import _finished_job
 from tests.support.celery_worker import run_celery_worker, worker_env
-from tests.support.service import served_deployments
+from tests.support.service import served_deployments, wait_until
 
 pytestmark = pytest.mark.slow
 QUEUES = ("high", "normal", "low")
@@ -125,13 +124,22 @@ def test_a_paused_queue_holds_its_jobs_until_resumed(api, ops, tenant, collectio
     assert _queue(api, ops, "low")["depth"] == 0
 
 
-def test_the_default_runner_starts_high_priority_jobs_first(api, tenant, collection):
-    # The runner's one slot is taken by a first job (a run takes seconds to start and end);
-    # meanwhile two low jobs are submitted, then a high one.
-    first = _upload(api, tenant, collection, f"First. {collection}", "normal")
-    lows = [_upload(api, tenant, collection, f"Low {i}. {collection}", "low") for i in range(2)]
-    time.sleep(1.5)  # the high job is the newest by a clear margin
-    high = _upload(api, tenant, collection, f"High. {collection}", "high")
+def test_the_default_runner_starts_high_priority_jobs_first(api, tenant, collection, openai_server):
+    # The runner's one slot is taken by a first job, held there by a slow embedder; meanwhile
+    # two low jobs are submitted, then a high one.
+    openai_server.configure(latency=6.0)
+    try:
+        first = _upload(api, tenant, collection, f"First. {collection}", "normal")
+        wait_until(
+            lambda: api.get(f"/v1/jobs/{first}", headers=tenant).json()["state"] != "queued",
+            timeout=120,
+            what="the first job to take the runner's slot",
+        )
+        lows = [_upload(api, tenant, collection, f"Low {i}. {collection}", "low") for i in range(2)]
+        time.sleep(1.5)  # the high job is the newest by a clear margin
+        high = _upload(api, tenant, collection, f"High. {collection}", "high")
+    finally:
+        openai_server.reset()  # the first job's request keeps its delay; the next have none
     jobs = {j: _finished_job(api, tenant, j, timeout=180) for j in [first, *lows, high]}
     # Started by start time alone, the low jobs would go before the high one.
     started = sorted(jobs, key=lambda j: jobs[j]["started_at"])
@@ -190,24 +198,17 @@ def test_job_stats_count_by_state_and_kind_per_tenant(api, ops, collection):
 
 
 @pytest.fixture
-def celery_api(service_env, celery_redis, monkeypatch) -> Iterator[TestClient]:
-    for name, value in service_env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("INGESTFLOW_QUEUE_BACKEND", "celery")
-    reset_caches()
-    from api.app import create_app
-
-    with TestClient(create_app()) as client:
-        yield client
+def resumed_on_celery(celery_api) -> Iterator[TestClient]:
+    """The Celery backend's API; every queue runs again after the test."""
+    yield celery_api
     for name in QUEUES:
-        client.post(f"/v1/ops/queues/{name}:resume", headers=operator_key())
-    reset_caches()
+        celery_api.post(f"/v1/ops/queues/{name}:resume", headers=operator_key())
 
 
 def test_celery_workers_queues_and_a_pause_that_outlives_a_worker_restart(
-    celery_api, tenant, collection, tmp_path
+    resumed_on_celery, tenant, collection, tmp_path
 ):
-    ops = operator_key()
+    celery_api, ops = resumed_on_celery, operator_key()
     with run_celery_worker(env=worker_env(), log_dir=tmp_path) as worker:
         body = celery_api.get("/v1/ops/workers", headers=ops).json()
         assert body["backend"] == "celery"

@@ -759,7 +759,7 @@ CASES: list[HostileCase] = [
     HostileCase(
         "encrypted.pdf",
         _pdf_encrypted,
-        failed("encrypted", "password"),
+        failed("password_required", "password"),
         "AES-encrypted, no password given",
     ),
     HostileCase(
