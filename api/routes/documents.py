@@ -3,6 +3,7 @@ many."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
@@ -11,7 +12,6 @@ from fastapi.responses import JSONResponse
 from api.deps import CollectionName, DocumentId, Principal
 from api.models import (
     ChunkProvenance,
-    CollectionFailure,
     CollectionStatusModel,
     DeleteDocumentsRequest,
     DeleteNowResult,
@@ -35,16 +35,7 @@ def collection_status(
     """Documents by status, chunks in the index, the last ingest and the latest failures with
     their reasons."""
     found = service.collection_status(collection, tenant=key.tenant, failures=failures)
-    return CollectionStatusModel(
-        name=found.name,
-        embedding_model=found.embedding_model,
-        dimension=found.dimension,
-        documents=found.documents,
-        chunks=found.chunks,
-        last_indexed_at=found.last_indexed_at,
-        last_activity_at=found.last_activity_at,
-        failures=[CollectionFailure.model_validate(f) for f in found.failures],
-    )
+    return CollectionStatusModel.model_validate(asdict(found))
 
 
 @router.get("/collections/{collection}/documents", response_model=DocumentPage)
