@@ -3,6 +3,7 @@
     run             ingestflow against LangChain and LlamaIndex (bench/harness.py)
     upload-memory   server memory during a large upload (bench/upload_memory.py)
     embedders       all-MiniLM-L6-v2 backends on this machine (bench/embedder_backends.py)
+    latency         upload to searchable through the whole stack, per design (bench/latency.py)
 
 ``python -m bench run --small --embedder hash --systems ingestflow`` is the quick check.
 """
@@ -31,9 +32,16 @@ def _embedders(argv: list[str]) -> None:
     embedder_backends.main()
 
 
+def _latency(argv: list[str]) -> None:
+    from bench.latency import main
+
+    main(argv)
+
+
 DELEGATES: dict[str, Callable[[list[str]], None]] = {
     "upload-memory": _upload_memory,
     "embedders": _embedders,
+    "latency": _latency,
 }
 
 
@@ -101,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "embedders", add_help=False, help="bench/embedder_backends.py (its own --help)"
     )
+    commands.add_parser("latency", add_help=False, help="bench/latency.py (its own --help)")
     return parser
 
 

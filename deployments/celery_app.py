@@ -164,17 +164,19 @@ def _begin(task: Task, request: JobRequest) -> None:
     (a revoke is broadcast to the workers running at the time and kept only in memory).
     A task sent without a job record (plain ``ingest.delay()``) gets one."""
     job_id = task.request.id
+    sizes = dict((job, len(sources)) for job, sources in request.jobs)
     with transaction() as conn:
-        create_job(
-            conn,
-            job_id=request.job_id,
-            tenant=request.tenant,
-            collection=request.collection,
-            kind=request.kind.value,
-            backend="celery",
-            run_id=job_id,
-            documents=len(request.sources or request.document_ids),
-        )
+        for each in request.job_ids:
+            create_job(
+                conn,
+                job_id=each,
+                tenant=request.tenant,
+                collection=request.collection,
+                kind=request.kind.value,
+                backend="celery",
+                run_id=job_id,
+                documents=sizes.get(each, len(request.sources or request.document_ids)),
+            )
     client = task.backend.client
     if client.hget(job_key(job_id), "cancelled"):
         # task_track_started has just stored STARTED over the REVOKED that cancel() wrote.
@@ -196,20 +198,23 @@ def ingest(
     collection: str = "default",
     tenant: str = "default",
     force: bool = False,
-    job_id: str | None = None,
+    jobs: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
     """Ingest ``sources`` into ``collection`` of ``tenant`` through ``flows.ingest_batch``.
 
     Returns a JSON summary: document counts by status, the flow run id, and the failures
-    as ``{"source", "error"}``. The job is ``job_id``, or this task's id (a task sent with
-    plain ``ingest.delay()`` gets a job record then).
+    as ``{"source", "error"}``. ``jobs`` are the jobs this task does, each with its sources
+    (several when submissions were coalesced); without it the job is this task's id (a
+    task sent with plain ``ingest.delay()`` gets a job record then).
     """
+    members = tuple((job, tuple(names)) for job, names in (jobs or {}).items())
     request = JobRequest.ingest(
         sources=sources,
         collection=collection,
         tenant=tenant,
         force=force,
-        job_id=job_id or self.request.id,
+        job_id=members[0][0] if members else self.request.id,
+        jobs=members,
     )
     _begin(self, request)
     from flows import ingest_batch  # Prefect is imported in the worker's child, after fork

@@ -114,13 +114,18 @@ def build_deployments(*, for_work_pool: bool = False) -> list[Any]:
     return built
 
 
-def serve_deployments(limit: int | None = None) -> None:
+def serve_deployments(limit: int | None = None, warm: int | None = None) -> None:
     """Serve the deployments from this process until interrupted, running at most ``limit``
-    flow runs at once (each is a process of its own), high-priority runs first."""
+    flow runs at once, high-priority runs first. Each run is a process of its own, taken
+    from ``warm`` processes kept ready (``deployments.warm_pool``; by default
+    ``INGESTFLOW_QUEUE_WARM_PROCESSES``, else as many as ``limit``, or 2; 0 starts a new
+    process per run, as Prefect does)."""
     from deployments.priority_runner import serve
 
+    if warm is None:
+        warm = get_settings().queue.warm_processes
     ensure_work_pool()
-    serve(*build_deployments(), limit=limit)
+    serve(*build_deployments(), limit=limit, warm=(limit or 2) if warm is None else warm)
 
 
 def deploy_to_work_pool() -> list[UUID]:

@@ -1,11 +1,14 @@
-"""The whole local stack behind ``ingestflow up``: database, Prefect server with its UI, the
-deployments' runner, optionally a Celery worker, and the HTTP API, started in that order and
-stopped in reverse.
+"""The whole local stack behind ``ingestflow up``: database, the model server (for the
+``local`` embedder), Prefect server with its UI, the deployments' runner, optionally a Celery
+worker, and the HTTP API, started in that order and stopped in reverse.
 
 Every server is a child process in its own session, so a Ctrl-C at the terminal reaches only
 ``up``, which then stops the children one by one (API first, database last) and waits for
-them. A child that exits on its own stops the whole stack. On Linux each child also gets
-SIGTERM if ``up`` itself is killed, so nothing is left behind.
+them. A child that exits on its own stops the whole stack, except the model server, which is
+started again (at most ``_MAX_RESTARTS`` times in ``_RESTART_WINDOW`` seconds); runs that were
+embedding meanwhile retry their requests, and ``/readyz`` says the model is down until it is
+back. On Linux each child also gets SIGTERM if ``up`` itself is killed, so nothing is left
+behind.
 
 How runs are started, measured here (2 cores shared with other work; a two-file
 ``ingest-batch`` job; trigger to completion as the backend sees it, 3 to 5 runs a round,
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import logging
 import os
 import signal
 import subprocess
@@ -47,9 +51,12 @@ from ingestflow.core.settings import get_settings
 from storage.db import database_url, reset_engine
 from storage.migrate import upgrade
 
+log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 CELERY_QUEUES = "ingestflow.high,ingestflow.normal,ingestflow.low"
 _STARTUP_TIMEOUT = 240.0  # a first Prefect server start migrates its database: minutes here
+_MAX_RESTARTS = 5
+_RESTART_WINDOW = 300.0
 
 
 class StackStopped(IngestError, code="stack_stopped"):
@@ -76,6 +83,8 @@ class StackOptions:
     host: str = "127.0.0.1"
     port: int = 8000
     prefect_port: int = 4200
+    model_port: int = 8100  # the model server's, when the local embedder needs one
+    model_server: bool = True  # False: each run process loads the local model itself
     backend: str = "prefect"
     runner: Runner = Runner.SERVE
     concurrency: int = 2  # flow runs at once (serve's limit, or the worker's --limit)
@@ -95,6 +104,10 @@ class Child:
     log_path: Path
     stop_signal: int = signal.SIGTERM
     grace: float = 15.0
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    restarts: list[float] = field(default_factory=list)  # monotonic times, if restartable
+    restartable: bool = False
 
     def exited(self) -> int | None:
         return self.proc.poll()
@@ -181,7 +194,7 @@ def spawn(
             # The hook only calls prctl(2), which is safe between fork and exec.
             preexec_fn=_die_with_parent(),
         )
-    return Child(name, proc, log_path, stop_signal, grace)
+    return Child(name, proc, log_path, stop_signal, grace, argv=argv, env=env)
 
 
 @dataclass
@@ -194,6 +207,8 @@ class LocalStack:
     env: dict[str, str] = field(default_factory=dict)
     prefect_api: str = ""
     prefect_started: bool = False
+    model_server: str = ""  # its URL, when the local embedder uses one
+    model_server_started: bool = False
     database: str = ""
     _pgserver: Any = None
 
@@ -215,7 +230,10 @@ class LocalStack:
         part exits, ``_Interrupted`` on Ctrl-C."""
         self.env = _child_env(self.options)
         self._start_database()
+        self._start_model_server()
         self._start_prefect()
+        if self.model_server_started:
+            self._wait_for(f"{self.model_server}/health", "the model server")
         self._start_runner()
         if self.options.backend == "celery":
             self._start_celery()
@@ -247,6 +265,30 @@ class LocalStack:
             self.database = _describe_url(settings.url.get_secret_value())
         self.env["DATABASE_URL"] = database_url()
         upgrade()
+
+    def _start_model_server(self) -> None:
+        """One copy of the local model for every run of this machine (``local`` provider
+        only): the configured server, else one started here. Its load overlaps Prefect's."""
+        settings = get_settings().embedding
+        if settings.provider != "local" or not self.options.model_server:
+            self.env.pop("INGESTFLOW_EMBED_MODEL_SERVER_URL", None)
+            return
+        if settings.model_server_url:
+            base = settings.model_server_url.rstrip("/").removesuffix("/v1")
+            if not _healthy(f"{base}/health"):
+                raise ConfigError(
+                    f"INGESTFLOW_EMBED_MODEL_SERVER_URL ({_describe_url(base)}) does not"
+                    " answer; unset it to let `ingestflow up` start a model server"
+                )
+            self.model_server = base
+            return
+        self.model_server = f"http://127.0.0.1:{self.options.model_port}"
+        argv = [_bin("ingestflow"), "model-server", "--port", str(self.options.model_port)]
+        child = spawn("model-server", argv, env=self.env, log_dir=self.log_dir)
+        child.restartable = True
+        self.children.append(child)
+        self.model_server_started = True
+        self.env["INGESTFLOW_EMBED_MODEL_SERVER_URL"] = f"{self.model_server}/v1"
 
     def _start_prefect(self) -> None:
         configured = os.environ.get("PREFECT_API_URL")
@@ -347,14 +389,35 @@ class LocalStack:
         raise StackStopped(f"{what} did not become ready in {_STARTUP_TIMEOUT:.0f} s")
 
     def _check_children(self) -> None:
-        for child in self.children:
+        for i, child in enumerate(self.children):
             code = child.exited()
-            if code is not None:
+            if code is not None and self._may_restart(child):
+                self.children[i] = _restart(child, code, self.log_dir)
+            elif code is not None:
                 tail = child.log_tail()
                 raise StackStopped(
                     f"{child.name} exited with code {code}; its log is {child.log_path}"
                     + (f"\n{tail}" if tail else "")
                 )
+
+    def _may_restart(self, child: Child) -> bool:
+        if not child.restartable or self.stop_requested.is_set():
+            return False
+        recent = [t for t in child.restarts if time.monotonic() - t < _RESTART_WINDOW]
+        return len(recent) < _MAX_RESTARTS
+
+
+def _restart(child: Child, code: int, log_dir: Path) -> Child:
+    """The same process again; its log keeps the last run's under ``<name>.log.1``."""
+    log.warning(
+        "%s exited with code %s; starting it again (log: %s)", child.name, code, child.log_path
+    )
+    with contextlib.suppress(OSError):
+        child.log_path.replace(child.log_path.with_name(f"{child.log_path.name}.1"))
+    again = spawn(child.name, child.argv, env=child.env, log_dir=log_dir)
+    again.restartable = True
+    again.restarts = [*child.restarts, time.monotonic()]
+    return again
 
 
 def _child_env(options: StackOptions) -> dict[str, str]:

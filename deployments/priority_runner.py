@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Self
 from prefect.runner import Runner
 from prefect.runner._scheduled_run_poller import ScheduledRunPoller
 
+from deployments.warm_pool import WarmPool, install
 from deployments.work_pool import QUEUE_ORDER, queue_of, read_queues
 
 if TYPE_CHECKING:
@@ -81,11 +82,16 @@ class PriorityRunner(Runner):
         return runner
 
 
-def serve(*deployments: Any, limit: int | None = None) -> None:
+def serve(*deployments: Any, limit: int | None = None, warm: int = 0) -> None:
     """What ``prefect.serve`` does, on a ``PriorityRunner``: serve the deployments from
-    this process until interrupted, at most ``limit`` runs at once."""
+    this process until interrupted, at most ``limit`` runs at once, each started in one of
+    ``warm`` processes kept ready (``deployments.warm_pool``; 0: a new process per run, as
+    Prefect does)."""
     from prefect.exceptions import TerminationSignal
 
+    pool = WarmPool(warm) if warm else None
+    if pool is not None:
+        install(pool)
     runner = PriorityRunner(limit=limit)
     for deployment in deployments:
         runner.add_deployment(deployment)
@@ -94,3 +100,6 @@ def serve(*deployments: Any, limit: int | None = None) -> None:
         asyncio.run(runner.start())
     except (KeyboardInterrupt, TerminationSignal) as exc:
         log.info("%s: shutting down", type(exc).__name__)
+    finally:
+        if pool is not None:
+            pool.close()

@@ -26,7 +26,7 @@ from ingestflow.core.types import JobKind, JobState, Priority
 # The parameters of each kind's flow (``flows.ingest_batch``, ``flows.delete_documents``), in
 # the order of their signatures: what a backend passes, on any backend.
 FLOW_PARAMETERS: dict[JobKind, tuple[str, ...]] = {
-    JobKind.INGEST: ("sources", "collection", "tenant", "force", "job_id"),
+    JobKind.INGEST: ("sources", "collection", "tenant", "force", "jobs"),
     JobKind.DELETE: ("document_ids", "collection", "tenant", "job_id"),
 }
 
@@ -35,7 +35,9 @@ FLOW_PARAMETERS: dict[JobKind, tuple[str, ...]] = {
 class JobRequest:
     """One job to submit: ingest ``sources`` or delete ``document_ids`` of a tenant's
     collection. ``job_id`` names its record (a new one is made up); ``idempotency_key``: the
-    same key returns the same job (where supported)."""
+    same key returns the same job (where supported). An ingest run may do several jobs at
+    once (``deployments.coalesce``): ``jobs`` then names each with its sources, and
+    ``job_id`` is the first."""
 
     kind: JobKind
     tenant: str
@@ -46,6 +48,12 @@ class JobRequest:
     priority: Priority = Priority.NORMAL
     idempotency_key: str | None = None
     job_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    jobs: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @property
+    def job_ids(self) -> list[str]:
+        """Every job this run does."""
+        return [job for job, _ in self.jobs] if self.jobs else [self.job_id]
 
     @classmethod
     def ingest(cls, *, sources: Sequence[str], **fields: Any) -> JobRequest:
@@ -64,6 +72,8 @@ class JobRequest:
             "tenant": self.tenant,
             "force": self.force,
             "job_id": self.job_id,
+            "jobs": {job: list(sources) for job, sources in self.jobs}
+            or {self.job_id: list(self.sources)},
         }
         return {name: values[name] for name in FLOW_PARAMETERS[self.kind]}
 

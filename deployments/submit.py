@@ -6,12 +6,15 @@ document always records the job that carries it.
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from deployments.coalesce import Coalescer
 from deployments.queue import JobInfo, JobRequest, QueueBackend, get_backend
 from ingestflow.core.errors import BackendUnavailableError, ConfigError
+from ingestflow.core.settings import get_settings
 from ingestflow.core.types import JobState, Priority
 from storage.db import connection, transaction
 from storage.documents import DocumentRecord
@@ -31,8 +34,11 @@ def submit_ingest(
 ) -> str:
     """Queue one ingest job for ``documents`` (rows already ``queued``); returns the job id.
 
-    Raises ``BackendUnavailableError`` when the backend is down; the rows then stay ``queued``
-    with no job, and ``requeue_waiting`` (or a client's retry) submits them later.
+    Jobs submitted within ``INGESTFLOW_QUEUE_COALESCE_MS`` of each other for the same
+    collection, priority and ``force`` share one run (``deployments.coalesce``); each stays
+    a job of its own. Raises ``BackendUnavailableError`` when the backend is down; the rows
+    then stay ``queued`` with no job, and ``requeue_waiting`` (or a client's retry) submits
+    them later.
     """
     request = JobRequest.ingest(
         tenant=tenant,
@@ -42,7 +48,57 @@ def submit_ingest(
         priority=priority,
         idempotency_key=idempotency_key,
     )
-    return submit(request, [d.id for d in documents], backend)
+    ids = [d.id for d in documents]
+    backend = backend or get_backend()
+    window = get_settings().queue.coalesce_ms / 1000
+    if window <= 0:
+        return submit(request, ids, backend)
+    member = _Member(request, ids, backend)
+    key = (backend.name, id(backend), tenant, collection, priority, force)
+    _coalescer(window).add(key, member, len(ids))
+    return member.job_id
+
+
+@dataclass
+class _Member:
+    """One job waiting for its group's run; ``job_id`` is its id once submitted."""
+
+    request: JobRequest
+    document_ids: list[str]
+    backend: QueueBackend
+    job_id: str = ""
+
+
+def _submit_group(members: list[_Member]) -> None:
+    """One run for the group's jobs (just ``submit`` for a group of one)."""
+    first = members[0]
+    if len(members) == 1:
+        first.job_id = submit(first.request, first.document_ids, first.backend)
+        return
+    jobs = tuple((m.request.job_id, m.request.sources) for m in members)
+    combined = JobRequest.ingest(
+        tenant=first.request.tenant,
+        collection=first.request.collection,
+        sources=[source for m in members for source in m.request.sources],
+        force=first.request.force,
+        priority=first.request.priority,
+        job_id=first.request.job_id,
+        jobs=jobs,
+    )
+    submit_jobs(combined, {m.request.job_id: m.document_ids for m in members}, first.backend)
+    for member in members:
+        member.job_id = member.request.job_id
+
+
+_coalescers: dict[float, Coalescer[_Member]] = {}
+_coalescers_lock = threading.Lock()
+
+
+def _coalescer(window: float) -> Coalescer[_Member]:
+    with _coalescers_lock:
+        if window not in _coalescers:
+            _coalescers[window] = Coalescer(window, _submit_group)
+        return _coalescers[window]
 
 
 def submit_delete(
@@ -72,23 +128,7 @@ def submit(
     """
     backend = backend or get_backend()
     job_id = request.job_id
-    with transaction() as conn:
-        create_job(
-            conn,
-            job_id=job_id,
-            tenant=request.tenant,
-            collection=request.collection,
-            kind=request.kind.value,
-            backend=backend.name,
-            priority=request.priority.value,
-            documents=len(document_ids),
-        )
-    try:
-        run_id = backend.submit(request)
-    except BaseException:
-        with transaction() as conn:
-            delete_job(conn, job_id=job_id)
-        raise
+    run_id = submit_jobs(request, {job_id: document_ids}, backend)
     with transaction() as conn:
         earlier = job_for_run(conn, run_id=run_id)
         if earlier is not None and earlier.id != job_id:
@@ -99,6 +139,38 @@ def submit(
             set_run(conn, job_id=job_id, run_id=run_id, flow_run_id=flow_run)
         assign_job(conn, document_ids=document_ids, job_id=job_id)
     return job_id
+
+
+def submit_jobs(request: JobRequest, documents: dict[str, list[str]], backend: QueueBackend) -> str:
+    """Record each of the request's jobs (with the ids of its documents), submit the run,
+    and, for a run of several jobs, record the run on each; returns the run's id. A refused
+    submission leaves no record."""
+    with transaction() as conn:
+        for job_id, ids in documents.items():
+            create_job(
+                conn,
+                job_id=job_id,
+                tenant=request.tenant,
+                collection=request.collection,
+                kind=request.kind.value,
+                backend=backend.name,
+                priority=request.priority.value,
+                documents=len(ids),
+            )
+    try:
+        run_id = backend.submit(request)
+    except BaseException:
+        with transaction() as conn:
+            for job_id in documents:
+                delete_job(conn, job_id=job_id)
+        raise
+    if len(documents) > 1:
+        flow_run = run_id if getattr(backend, "runs_are_flow_runs", False) else None
+        with transaction() as conn:
+            for job_id, ids in documents.items():
+                set_run(conn, job_id=job_id, run_id=run_id, flow_run_id=flow_run)
+                assign_job(conn, document_ids=ids, job_id=job_id)
+    return run_id
 
 
 @dataclass(frozen=True)

@@ -72,14 +72,15 @@ def ingest_batch(
     password: SecretStr | None = None,
     tenant: str = "default",
     chunking: ChunkingConfig | None = None,
-    job_id: str | None = None,
+    jobs: dict[str, list[str]] | None = None,
 ) -> IngestResult:
     """Ingest many documents in one flow run, ``batch_size`` documents per micro-batch.
 
     The embedding model is loaded once, and the chunks of a micro-batch's documents share
     embedding batches. Every document gets its own outcome. ``chunking`` overrides the
-    chunking settings for this run. ``job_id`` is the job this run does (its record follows
-    the run); a job whose documents all fail ends the run ``Failed``.
+    chunking settings for this run. ``jobs`` names the jobs this run does, each with its
+    sources (several when submissions were coalesced); each job's record follows its own
+    documents, and the run ends ``Failed`` when every document of every job failed.
     """
     batches = micro_batches(sources, batch_size or get_settings().ingest.batch_size)
     return ingest_batches(
@@ -91,7 +92,7 @@ def ingest_batch(
         password=password.get_secret_value() if password else None,
         tenant=tenant,
         chunking=chunking,
-        job_id=job_id,
+        jobs=jobs,
     )
 
 
@@ -105,16 +106,18 @@ def ingest_batches(
     password: str | None = None,
     tenant: str = "default",
     chunking: ChunkingConfig | None = None,
-    job_id: str | None = None,
+    jobs: dict[str, list[str]] | None = None,
 ) -> IngestResult:
     """Run the stages, as Prefect tasks, over each micro-batch of sources as it arrives; call
-    inside a flow. ``total``, when known, drives the progress artifact; the job's record,
-    when there is one, follows the run."""
+    inside a flow. ``total``, when known, drives the progress artifact; the records of the
+    ``jobs``, when there are any, follow their documents."""
     ensure_schema()
-    with job_span(job_id, kind="ingest", tenant=tenant, collection=collection) as span:
-        job_started(job_id, flow_run_id=flow_run.id)
+    job_ids = list(jobs or {})
+    with job_span(job_ids, kind="ingest", tenant=tenant, collection=collection) as span:
+        for job_id in job_ids:
+            job_started(job_id, flow_run_id=flow_run.id)
         try:
-            result = _ingest(
+            result, sources = _ingest(
                 batches,
                 collection=collection,
                 metadata=metadata,
@@ -123,17 +126,31 @@ def ingest_batches(
                 password=password,
                 tenant=tenant,
                 chunking=chunking,
-                job_id=job_id,
+                jobs=jobs or {},
             )
         except BaseException as exc:
-            job_ended(job_id, "failed", describe_error(exc))
+            for job_id in job_ids:
+                job_ended(job_id, "failed", describe_error(exc))
             raise
         state, message, documents = ingest_outcome(result.outcomes)
         span_outcome(span, state, documents)
-        job_ended(job_id, state, message, documents)
-    if job_id is not None and state == "failed":
+        for job_id, outcomes in _by_job(result.outcomes, sources, jobs or {}).items():
+            job_ended(job_id, *ingest_outcome(outcomes))
+    if job_ids and state == "failed":
         raise DocumentsFailedError(message or "every document failed")
     return result
+
+
+def _by_job(
+    outcomes: list[DocumentOutcome], sources: list[str], jobs: dict[str, list[str]]
+) -> dict[str, list[DocumentOutcome]]:
+    """Each job's outcomes, by the source each outcome is for (as the job named it)."""
+    job_of = {source: job for job, names in jobs.items() for source in names}
+    found: dict[str, list[DocumentOutcome]] = {job: [] for job in jobs}
+    for source, outcome in zip(sources, outcomes, strict=True):
+        if source in job_of:
+            found[job_of[source]].append(outcome)
+    return found
 
 
 def _ingest(
@@ -146,8 +163,9 @@ def _ingest(
     password: str | None,
     tenant: str,
     chunking: ChunkingConfig | None,
-    job_id: str | None,
-) -> IngestResult:
+    jobs: dict[str, list[str]],
+) -> tuple[IngestResult, list[str]]:
+    """The run's result, and the source (as given) of each of its outcomes."""
     settings = get_settings()
     config = PipelineConfig.from_settings(settings, chunking=chunking)
     coll = collection_task(collection, tenant, config.embedding)
@@ -155,7 +173,14 @@ def _ingest(
     public, password = split_password(metadata, password)
     with tempfile.TemporaryDirectory(prefix="ingestflow-") as tmp:
         ctx = StageContext(
-            coll.id, config, Path(tmp), settings.ingest, force, flow_run.id, job_id, tenant
+            coll.id,
+            config,
+            Path(tmp),
+            settings.ingest,
+            force,
+            flow_run.id,
+            {source: job for job, sources in jobs.items() for source in sources},
+            tenant,
         )
         run_batches(
             batches,
@@ -170,7 +195,7 @@ def _ingest(
         )
     result = IngestResult(collection, tracker.outcomes, flow_run_id=flow_run.id)
     _summarise(result)
-    return result
+    return result, tracker.sources
 
 
 def _as_task_run(stage: Task[..., list[DocWork]]) -> Stage:
@@ -196,6 +221,7 @@ class _Tracker:
     def __init__(self, total: int | None) -> None:
         self.total = total
         self.outcomes: list[DocumentOutcome] = []
+        self.sources: list[str] = []
         self.artifact_id: UUID | None = None
         if total:
             # Called from a sync flow, Prefect's dual sync/async helpers return plain values.
@@ -205,6 +231,7 @@ class _Tracker:
 
     def advance(self, works: list[DocWork]) -> None:
         self.outcomes.extend(w.outcome() for w in works)
+        self.sources.extend(w.source for w in works)
         done = len(self.outcomes)
         if self.artifact_id is not None and self.total:
             update_progress_artifact(self.artifact_id, progress=100.0 * done / self.total)

@@ -95,6 +95,16 @@ def job_for_run(conn: Conn, *, run_id: str) -> JobRecord | None:
     return JobRecord(**row) if row else None
 
 
+def run_shared(conn: Conn, *, job_id: str, run_id: str) -> bool:
+    """Whether another job that has not ended shares the run ``run_id`` (coalesced jobs)."""
+    row = conn.execute(
+        "SELECT 1 FROM jobs WHERE run_id = %s AND id <> %s AND state NOT IN"
+        " ('completed', 'completed_with_errors', 'failed', 'cancelled') LIMIT 1",
+        (run_id, job_id),
+    ).fetchone()
+    return row is not None
+
+
 _START = """
 WITH before AS (SELECT id, started_at FROM jobs WHERE id = %(id)s FOR UPDATE)
 UPDATE jobs SET state = 'running', flow_run_id = coalesce(%(flow_run)s, jobs.flow_run_id),

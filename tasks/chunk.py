@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from ingestflow.core.types import Chunk, Segment
-from tasks.jobs import chunks_progressed
+from tasks.jobs import chunks_by_job
 from tasks.options import stage_task
 from tasks.work import DocWork, StageContext, per_document
 
@@ -146,8 +146,8 @@ def chunk_documents(
         return replace(work, chunks=chunks, segments=None)
 
     done = per_document(works, step, stage="chunk", final_attempt=True)
-    found = sum(len(w.chunks or []) for w in done if w.active)
-    chunks_progressed(ctx.job_id, total=found, flush=True)
+    found = ((w.source, len(w.chunks or [])) for w in done if w.active)
+    chunks_by_job(ctx.jobs, found, what="total", flush=True)
     return done
 
 

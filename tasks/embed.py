@@ -9,8 +9,8 @@ to the first of them, so the charges add up to what the provider was sent.
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Sequence
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -19,7 +19,7 @@ from ingestflow.core.errors import is_permanent
 from storage.db import transaction
 from storage.embedding_cache import cached_vectors, store_vectors
 from tasks.embedders import Embedder
-from tasks.jobs import chunks_progressed
+from tasks.jobs import chunks_by_job
 from tasks.options import stage_task
 from tasks.work import DocWork, StageContext, Stopwatch, describe_error, error_code
 
@@ -73,14 +73,21 @@ def _vectors_by_hash(
     newly embedded (cache hits are absent). The job's progress counts chunks: those whose
     vectors were cached at once, the others as their embedding batches come back."""
     texts = {c.content_hash: c.content for w in works for c in w.chunks or []}
-    chunks_of = Counter(c.content_hash for w in works for c in w.chunks or [])
+    holders: dict[str, Counter[str]] = defaultdict(Counter)  # hash -> source -> chunks
+    for work in works:
+        for chunk in work.chunks or []:
+            holders[chunk.content_hash][work.source] += 1
+
+    def chunks_of(hashes: Iterable[str]) -> Iterator[tuple[str, int]]:
+        return (pair for h in hashes for pair in holders[h].items())
+
     with transaction() as conn:
         vectors = cached_vectors(conn, model=embedder.identity, content_hashes=list(texts))
     missing = [h for h in texts if h not in vectors]
-    chunks_progressed(ctx.job_id, embedded=sum(chunks_of[h] for h in vectors))
+    chunks_by_job(ctx.jobs, chunks_of(vectors), what="embedded")
 
     def embedded(positions: list[int]) -> None:
-        chunks_progressed(ctx.job_id, embedded=sum(chunks_of[missing[i]] for i in positions))
+        chunks_by_job(ctx.jobs, chunks_of(missing[i] for i in positions), what="embedded")
 
     if missing:
         fresh = embedder.embed([texts[h] for h in missing], on_batch=embedded)

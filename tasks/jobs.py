@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 from ingestflow.core.telemetry import mark_error, setup_telemetry, span
 from ingestflow.core.types import DocumentOutcome, DocumentStatus
@@ -28,18 +28,28 @@ _flushed: dict[str, float] = {}
 
 
 @contextmanager
-def job_span(job_id: str | None, *, kind: str, tenant: str, collection: str) -> Iterator[Any]:
-    """The trace span of a job's run (a run with no job, a notebook's, has one too); sets the
-    process's telemetry up on first use."""
+def job_span(
+    job_id: str | Sequence[str] | None, *, kind: str, tenant: str, collection: str
+) -> Iterator[Any]:
+    """The trace span of a job's run (a run with no job, a notebook's, has one too; a run of
+    coalesced jobs names them all); sets the process's telemetry up on first use."""
     setup_telemetry()
     attributes = {
-        "ingestflow.job.id": job_id,
+        "ingestflow.job.id": job_attribute(job_id),
         "ingestflow.job.kind": kind,
         "ingestflow.tenant": tenant,
         "ingestflow.collection": collection,
     }
     with span("ingestflow.job", **attributes) as current:
         yield current
+
+
+def job_attribute(job_id: str | Sequence[str] | None) -> str | tuple[str, ...] | None:
+    """A span's ``ingestflow.job.id``: the job, or the jobs of a coalesced run."""
+    if job_id is None or isinstance(job_id, str):
+        return job_id
+    ids = tuple(job_id)
+    return ids[0] if len(ids) == 1 else (ids or None)
 
 
 def span_outcome(current: Any, state: str, documents: tuple[int, int, int]) -> None:
@@ -81,6 +91,23 @@ def chunks_progressed(
     if any(taken.values()):
         with transaction() as conn:
             add_progress(conn, job_id=job_id, **taken)
+
+
+def chunks_by_job(
+    jobs: Mapping[str, str],
+    counts: Iterable[tuple[str, int]],
+    *,
+    what: Literal["total", "embedded", "written"],
+    flush: bool = False,
+) -> None:
+    """Count chunks for the jobs of their documents: ``counts`` pairs a document's source
+    (as the run was given it; ``jobs`` maps it to its job) with a number of its chunks."""
+    per_job: Counter[str] = Counter()
+    for source, n in counts:
+        if source in jobs:
+            per_job[jobs[source]] += n
+    for job in set(jobs.values()) if flush else per_job:
+        chunks_progressed(job, flush=flush, **{what: per_job[job]})
 
 
 def job_ended(

@@ -14,7 +14,7 @@ from prefect import Task, task
 
 from ingestflow.core.errors import is_permanent
 from ingestflow.core.telemetry import span
-from tasks.jobs import stage_ran, stage_started
+from tasks.jobs import job_attribute, stage_ran, stage_started
 from tasks.work import DocWork, StageContext
 
 RETRIES = 3
@@ -78,7 +78,7 @@ def stage_task(
                 **{
                     "ingestflow.stage.name": stage,
                     "ingestflow.tenant": ctx.tenant,
-                    "ingestflow.job.id": ctx.job_id,
+                    "ingestflow.job.id": job_attribute(ctx.job_ids),
                     "ingestflow.documents": len(works),
                 },
             ) as current:

@@ -13,7 +13,7 @@ from ingestflow.core.types import DocumentStatus
 from storage.chunks import DocumentChunks, replace_chunks
 from storage.db import transaction
 from storage.documents import record_failure
-from tasks.jobs import chunks_progressed
+from tasks.jobs import chunks_by_job
 from tasks.options import stage_task
 from tasks.work import INTERNAL_ERROR, DocWork, StageContext, Stopwatch
 
@@ -46,8 +46,8 @@ def upsert_documents(
                     metadata=work.metadata,
                 )
     share = watch.seconds / max(len(ready), 1)
-    count = sum(len(w.chunks or []) for w in ready if w.document_id in written)
-    chunks_progressed(ctx.job_id, written=count, flush=True)
+    counts = ((w.source, len(w.chunks or [])) for w in ready if w.document_id in written)
+    chunks_by_job(ctx.jobs, counts, what="written", flush=True)
     out = []
     for work in works:
         if work.active:

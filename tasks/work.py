@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -41,8 +41,8 @@ def split_password(
 class StageContext:
     """What every stage of one run shares: the collection, the stage configuration, a
     scratch folder for fetched files, the run's limits (``INGESTFLOW_*``), whether to
-    re-index known bytes, the flow run, and the job it does (None for a run with no job,
-    such as a notebook's) and its tenant."""
+    re-index known bytes, the flow run, the job of each source (as the run was given it; none
+    for a run with no job, such as a notebook's) and the tenant."""
 
     collection_id: int
     config: PipelineConfig
@@ -50,8 +50,12 @@ class StageContext:
     limits: IngestSettings = field(default_factory=IngestSettings)
     force: bool = False
     flow_run_id: str | None = None
-    job_id: str | None = None
+    jobs: Mapping[str, str] = field(default_factory=dict)
     tenant: str = "default"
+
+    @property
+    def job_ids(self) -> list[str]:
+        return sorted(set(self.jobs.values()))
 
 
 @dataclass(frozen=True)

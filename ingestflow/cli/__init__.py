@@ -239,6 +239,20 @@ def deploy() -> None:
     console.print(f"{len(ids)} deployment(s) on work pool {WORK_POOL!r}")
 
 
+@app.command("model-server")
+@one_line_errors
+def model_server(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8100,
+) -> None:
+    """Serve the local embedding model over an OpenAI-compatible API (POST /v1/embeddings),
+    one copy for every run of this machine: point the runs at it with
+    INGESTFLOW_EMBED_MODEL_SERVER_URL=http://HOST:PORT/v1. `ingestflow up` starts one."""
+    from tasks.embedders.model_server import serve
+
+    serve(host=host, port=port)
+
+
 @db_app.command("upgrade")
 @one_line_errors
 def db_upgrade() -> None:

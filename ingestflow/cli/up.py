@@ -17,6 +17,9 @@ from ingestflow.core.settings import get_settings
 UP_HELP = (
     "Start the database, a Prefect server with its UI, the deployments, and the API;"
     " Ctrl-C stops everything.\n\n"
+    "With the local embedder, a model server (one copy of the model for every run) is started"
+    " on --model-port, unless INGESTFLOW_EMBED_MODEL_SERVER_URL names one already running;"
+    " it is started again if it dies.\n\n"
     "With no DATABASE_URL the embedded Postgres is used. A Prefect server already answering at"
     " PREFECT_API_URL (or on --prefect-port) is used instead of starting one. Otherwise one is"
     " started with its home under the data dir, on PREFECT_SERVER_DATABASE_CONNECTION_URL if"
@@ -32,6 +35,15 @@ def up(
     prefect_port: Annotated[
         int, typer.Option(help="Port of the Prefect server and UI, if `up` starts one.")
     ] = 4200,
+    model_port: Annotated[
+        int, typer.Option(help="Port of the model server, if `up` starts one.")
+    ] = 8100,
+    model_server: Annotated[
+        bool,
+        typer.Option(
+            help="Serve the local model once for every run (else each run process loads it)."
+        ),
+    ] = True,
     backend: Annotated[
         str | None,
         typer.Option(
@@ -61,6 +73,8 @@ def up(
         host=host,
         port=port,
         prefect_port=prefect_port,
+        model_port=model_port,
+        model_server=model_server,
         backend=backend or get_settings().queue.backend,
         runner=runner,
         concurrency=concurrency,
@@ -95,6 +109,7 @@ def _announce(stack: LocalStack) -> None:
         f"  API          {stack.api_url}   (OpenAPI docs: {stack.api_url}/docs)",
         f"  Prefect UI   {stack.ui_url}   ({prefect})",
         f"  database     {stack.database}",
+        *_model_line(stack),
         f"  runs         {runs}",
         f"  logs         {stack.log_dir}",
         "Create an API key:  ingestflow keys create --tenant default",
@@ -108,6 +123,13 @@ def _announce(stack: LocalStack) -> None:
         )
     for line in lines:
         console.print(line, highlight=False)
+
+
+def _model_line(stack: LocalStack) -> list[str]:
+    if not stack.model_server:
+        return []
+    where = "started here" if stack.model_server_started else "already running"
+    return [f"  model        {stack.model_server}/v1   (one copy for every run; {where})"]
 
 
 def _prefect_on_postgres(stack: LocalStack) -> bool:

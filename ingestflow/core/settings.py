@@ -102,6 +102,11 @@ class EmbeddingSettings(BaseSettings):
     max_retry_wait: float = Field(
         default=60.0, gt=0, description="Longest single backoff, seconds."
     )
+    model_server_url: str | None = Field(
+        default=None,
+        description="The local provider's model server (`ingestflow model-server`); "
+        "unset, each process loads the model itself.",
+    )
     # Measured here: 2 threads embed 1.6-2x faster than 1 on the 2-core machine.
     torch_threads: int = Field(default=2, gt=0, description="Torch threads for the local model.")
 
@@ -174,6 +179,18 @@ class QueueSettings(BaseSettings):
         default=900,
         gt=0,
         description="A queued or processing document whose job ended this long ago is re-queued.",
+    )
+    warm_processes: int | None = Field(
+        default=None,
+        ge=0,
+        description="Flow-run processes the served runner keeps ready (default: as many as"
+        " runs it may run at once; 0: a new process for each run).",
+    )
+    coalesce_ms: float = Field(
+        default=100,
+        ge=0,
+        le=10_000,
+        description="Ingest jobs submitted this close together share one run (0: never).",
     )
 
 

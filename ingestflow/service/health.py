@@ -6,6 +6,7 @@ from collections.abc import Callable
 from itertools import islice
 
 from deployments.queue import get_backend
+from ingestflow.core.errors import EmbedError
 from ingestflow.core.settings import get_settings
 from storage.db import connection
 from storage.migrate import ensure_schema
@@ -14,12 +15,16 @@ from storage.objectstore import local_path, scheme_of, store_for
 
 def readiness() -> dict[str, str]:
     """The database (its schema brought up to date, if it was not reachable at start-up),
-    the upload store and the queue backend."""
-    return {
+    the upload store, the queue backend, and the model server when runs embed through one."""
+    checks = {
         "database": _check(_database_ready),
         "upload_store": _check(_upload_store_ready),
         "queue": _check(lambda: get_backend().ping()),
     }
+    model_server = get_settings().embedding.model_server_url
+    if model_server:
+        checks["model_server"] = _check(lambda: _model_server_ready(model_server))
+    return checks
 
 
 def _check(probe: Callable[[], object]) -> str:
@@ -34,6 +39,17 @@ def _database_ready() -> None:
     ensure_schema()  # a no-op once it has succeeded in this process
     with connection() as conn:
         conn.execute("SELECT 1")
+
+
+def _model_server_ready(url: str) -> None:
+    import urllib.request
+
+    health = url.rstrip("/").removesuffix("/v1") + "/health"
+    try:
+        with urllib.request.urlopen(health, timeout=2.0):  # noqa: S310 - a configured URL
+            pass
+    except OSError as exc:
+        raise EmbedError("the model server does not answer (it may be restarting)") from exc
 
 
 def _upload_store_ready() -> None:

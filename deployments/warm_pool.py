@@ -1,0 +1,215 @@
+"""Flow runs started in processes that are already warm.
+
+Prefect's served runner starts each flow run in a new process (``run_flow_in_subprocess``):
+that process imports Prefect, the flows and the pipeline's libraries before the run's first
+state change, which costs seconds on a small machine for a run that itself takes a fraction
+of one. ``WarmPool`` keeps ``size`` processes spawned ahead of time, each with those imports
+done, the database schema checked and its connections open, waiting for one call. A run takes
+one, and a new one is spawned behind it.
+
+Everything else is Prefect's: each run is still one process of its own that the runner
+watches, cancels by signalling it and marks crashed if it dies; the payload it runs is the one
+``run_flow_in_subprocess`` builds (``flow_call`` mirrors it), and the runner's starter calls
+``start_flow_run`` in its place, as ``prefect.runner._starter_direct`` invites.
+tests/unit/test_warm_pool.py pins the Prefect names this relies on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import multiprocessing.context
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.flows import Flow
+
+log = logging.getLogger(__name__)
+
+# What a warm process imports while it waits: the flows and everything a stage loads on its
+# first document.
+PRELOAD = ("flows", "prefect.flow_engine", "tasks.parsers.pdf", "tasks.embedders.openai")
+
+
+def _warm_process_main(
+    conn: multiprocessing.connection.Connection, preload: tuple[str, ...]
+) -> None:
+    """A warm process: import and connect, then wait for one call and run it."""
+    for name in preload:
+        importlib.import_module(name)
+    _warm_up()
+    try:
+        target, args = conn.recv()
+    except (EOFError, KeyboardInterrupt):  # the pool closed without a run for this one
+        return
+    conn.close()
+    target(*args)
+
+
+def _warm_up() -> None:
+    """Check the schema and open a database connection now, not in the run (best effort:
+    the run itself reports what fails)."""
+    try:
+        from storage.db import connection
+        from storage.migrate import ensure_schema
+
+        ensure_schema()
+        with connection() as conn:
+            conn.execute("SELECT 1")
+    except Exception as exc:  # noqa: BLE001 - the run will meet it again and say so
+        log.debug("warm-up did not finish: %s", exc)
+
+
+class WarmProcess:
+    """A spawned process that waits for its one call."""
+
+    def __init__(self, ctx: multiprocessing.context.SpawnContext, preload: tuple[str, ...]):
+        self._conn, child_end = ctx.Pipe()
+        self.process = ctx.Process(target=_warm_process_main, args=(child_end, preload))
+        self.process.start()
+        child_end.close()
+
+    def run(self, target: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self._conn.send((target, args))
+        self._conn.close()
+
+    def discard(self) -> None:
+        self._conn.close()  # EOF: the process returns without running anything
+        self.process.join(5)
+        if self.process.is_alive():
+            self.process.kill()
+
+
+class WarmPool:
+    """``size`` warm processes; ``take`` hands one out and spawns its replacement."""
+
+    def __init__(self, size: int, preload: Iterable[str] = PRELOAD) -> None:
+        self.size = size
+        self.preload = tuple(preload)
+        self._ctx = multiprocessing.get_context("spawn")
+        self._ready: deque[WarmProcess] = deque()
+        self._lock = threading.Lock()
+        self._closed = False
+        with self._lock:
+            self._fill()
+
+    def take(self) -> WarmProcess:
+        with self._lock:
+            while self._ready and not self._ready[0].process.is_alive():
+                self._ready.popleft()  # died while waiting (killed by hand, out of memory)
+            taken = self._ready.popleft() if self._ready else WarmProcess(self._ctx, self.preload)
+            self._fill()
+        return taken
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            waiting, self._ready = list(self._ready), deque()
+        for process in waiting:
+            process.discard()
+
+    def _fill(self) -> None:
+        while not self._closed and len(self._ready) < self.size:
+            self._ready.append(WarmProcess(self._ctx, self.preload))
+
+
+def flow_call(
+    flow: Flow[..., Any], flow_run: FlowRun | None, env: dict[str, str | None] | None
+) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+    """The process target and arguments ``run_flow_in_subprocess`` would start the run with."""
+    from prefect.context import serialize_context
+    from prefect.flow_engine import (
+        _CONTROL_CHANNEL_ENV_KEYS,
+        _run_serialized_call_with_control_bootstrap,
+        _runtime_subprocess_env,
+    )
+    from prefect.settings.context import get_current_settings
+    from prefect.utilities.callables import cloudpickle_wrapped_call
+    from prefect.utilities.processutils import sanitize_subprocess_env
+
+    merged: dict[str, str | None] = {
+        **get_current_settings().to_environment_variables(exclude_unset=True),
+        **os.environ,
+        "PREFECT__ENABLE_CANCELLATION_AND_CRASHED_HOOKS": "false",
+        **(env or {}),
+    }
+    sanitized = sanitize_subprocess_env(merged)
+    startup_env = {k: v for k, v in sanitized.items() if k in _CONTROL_CHANNEL_ENV_KEYS}
+    wrapped = cloudpickle_wrapped_call(
+        run_flow_with_env,
+        env=_runtime_subprocess_env(sanitized),
+        remove_env={key for key, value in merged.items() if value is None},
+        flow=flow,
+        flow_run=flow_run,
+        parameters=None,
+        wait_for=None,
+        context=serialize_context(),
+    )
+    payload = cast("functools.partial[bytes]", wrapped).args[0]  # the pickled call
+    return _run_serialized_call_with_control_bootstrap, (payload, startup_env)
+
+
+def run_flow_with_env(
+    *args: Any,
+    env: dict[str, str] | None = None,
+    remove_env: set[str] | None = None,
+    **kwargs: Any,
+) -> None:
+    """In the warm process: the run's environment and settings, then Prefect's ``run_flow``
+    (the body of the wrapper inside ``run_flow_in_subprocess``)."""
+    from prefect.context import SettingsContext, get_settings_context
+    from prefect.engine import handle_engine_signals
+    from prefect.flow_engine import run_flow
+    from prefect.settings.models.root import Settings
+
+    for key in remove_env or ():
+        os.environ.pop(key, None)
+    os.environ.update(env or {})
+    settings_context = get_settings_context()
+    flow_run = kwargs.get("flow_run")
+    with (
+        SettingsContext(profile=settings_context.profile, settings=Settings()),
+        handle_engine_signals(getattr(flow_run, "id", None)),
+    ):
+        result = run_flow(*args, **kwargs)
+        if asyncio.iscoroutine(result):
+            asyncio.run(result)
+
+
+class WarmStarts:
+    """``start_flow_run`` with the signature of ``run_flow_in_subprocess``, on a pool."""
+
+    def __init__(self, pool: WarmPool) -> None:
+        self.pool = pool
+
+    def __call__(
+        self,
+        flow: Flow[..., Any],
+        flow_run: FlowRun | None = None,
+        parameters: dict[str, Any] | None = None,
+        wait_for: Any = None,
+        context: dict[str, Any] | None = None,
+        env: dict[str, str | None] | None = None,
+    ) -> multiprocessing.context.SpawnProcess:
+        if parameters is not None or wait_for is not None or context is not None:
+            raise ValueError("warm starts take a flow run, not parameters, futures or context")
+        target, args = flow_call(flow, flow_run, env)
+        warm = self.pool.take()
+        warm.run(target, args)
+        return warm.process
+
+
+def install(pool: WarmPool) -> None:
+    """Make the served runner's starter use ``pool`` for every run it starts."""
+    import prefect.runner._starter_direct as direct
+
+    direct.run_flow_in_subprocess = WarmStarts(pool)  # type: ignore[assignment]
