@@ -10,7 +10,7 @@ seven per document, while each document keeps its own status, error and timings.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
@@ -112,10 +112,16 @@ def ingest_batches(
     inside a flow. ``total``, when known, drives the progress artifact; the records of the
     ``jobs``, when there are any, follow their documents."""
     ensure_schema()
-    job_ids = list(jobs or {})
-    with job_span(job_ids, kind="ingest", tenant=tenant, collection=collection) as span:
-        for job_id in job_ids:
-            job_started(job_id, flow_run_id=flow_run.id)
+    jobs = jobs or {}
+    with job_span(list(jobs), kind="ingest", tenant=tenant, collection=collection) as span:
+        # A job cancelled while its run waited (it shared the run with others) is left out.
+        cancelled = [job for job in jobs if not job_started(job, flow_run_id=flow_run.id)]
+        if cancelled:
+            skipped = {source for job in cancelled for source in jobs[job]}
+            batches = _without(batches, skipped)
+            total = None if total is None else total - len(skipped)
+            jobs = {job: names for job, names in jobs.items() if job not in cancelled}
+        job_ids = list(jobs)
         try:
             result, sources = _ingest(
                 batches,
@@ -126,7 +132,7 @@ def ingest_batches(
                 password=password,
                 tenant=tenant,
                 chunking=chunking,
-                jobs=jobs or {},
+                jobs=jobs,
             )
         except BaseException as exc:
             for job_id in job_ids:
@@ -134,11 +140,18 @@ def ingest_batches(
             raise
         state, message, documents = ingest_outcome(result.outcomes)
         span_outcome(span, state, documents)
-        for job_id, outcomes in _by_job(result.outcomes, sources, jobs or {}).items():
+        for job_id, outcomes in _by_job(result.outcomes, sources, jobs).items():
             job_ended(job_id, *ingest_outcome(outcomes))
     if job_ids and state == "failed":
         raise DocumentsFailedError(message or "every document failed")
     return result
+
+
+def _without(batches: Iterable[list[str]], skipped: set[str]) -> Iterator[list[str]]:
+    for batch in batches:
+        kept = [source for source in batch if source not in skipped]
+        if kept:
+            yield kept
 
 
 def _by_job(

@@ -115,12 +115,16 @@ RETURNING jobs.tenant, jobs.kind, before.started_at IS NOT NULL AS again
 """
 
 
-def start_job(conn: Conn, *, job_id: str, flow_run_id: str | None) -> None:
-    """The run has started (again, after a retry: the first start is kept)."""
+def start_job(conn: Conn, *, job_id: str, flow_run_id: str | None) -> bool:
+    """The run has started (again, after a retry: the first start is kept); False when the
+    job was cancelled before, and stays so."""
     row = conn.execute(_START, {"id": job_id, "flow_run": flow_run_id}).fetchone()
     if row is not None:
         event = "retried" if row["again"] else "started"
         increment(conn, JOBS, (row["tenant"], row["kind"], event))
+        return True
+    found = find_job(conn, job_id=job_id)
+    return found is None or found.state != "cancelled"
 
 
 def add_progress(

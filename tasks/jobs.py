@@ -61,14 +61,16 @@ def span_outcome(current: Any, state: str, documents: tuple[int, int, int]) -> N
         mark_error(current, "failed")
 
 
-def job_started(job_id: str | None, *, flow_run_id: str | None) -> None:
+def job_started(job_id: str | None, *, flow_run_id: str | None) -> bool:
     """The run has started: ``running``, its chunk counts from zero (a retried run starts
-    over)."""
+    over). False when the job was cancelled before its run started: leave it alone."""
     if job_id is None:
-        return
+        return True
     with transaction() as conn:
-        start_job(conn, job_id=job_id, flow_run_id=flow_run_id)
+        if not start_job(conn, job_id=job_id, flow_run_id=flow_run_id):
+            return False
         reset_progress(conn, job_id=job_id)
+    return True
 
 
 def chunks_progressed(
