@@ -54,7 +54,7 @@ def submit_ingest(
     if window <= 0:
         return submit(request, ids, backend)
     member = _Member(request, ids, backend)
-    key = (backend.name, id(backend), tenant, collection, priority, force)
+    key = (backend.name, tenant, collection, priority, force)
     _coalescer(window).add(key, member, len(ids))
     return member.job_id
 
