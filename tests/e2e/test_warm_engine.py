@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.test_up import _get, _wait_ready, prefect_database  # noqa: F401 (a fixture)
+from tests.e2e.test_up import _wait_ready
 from tests.support.processes import free_port
 
 pytestmark = pytest.mark.slow
@@ -25,10 +25,25 @@ CLI = str(Path(sys.executable).with_name("ingestflow"))
 ENDED = ("completed", "completed_with_errors", "failed", "cancelled")
 
 
-@pytest.fixture(params=["prefect", "celery"])
-def stack(request, database_url, prefect_database, celery_redis, tmp_path) -> Iterator[dict]:  # noqa: F811
-    """``ingestflow up`` with the local embedder on free ports, on each backend; yields its
-    URLs and process."""
+@pytest.fixture(scope="module")
+def prefect_database_url() -> Iterator[str | None]:
+    """A scratch database on the machine's Postgres for the Prefect server of each stack."""
+    from tests.support.prefect_server import scratch_postgres_database
+
+    admin = os.environ.get(
+        "PREFECT_TEST_SERVER_PG", "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+    with scratch_postgres_database(admin) as url:
+        yield url
+
+
+@pytest.fixture(scope="module", params=["prefect", "celery"])
+def stack(
+    request, database_url, prefect_database_url, celery_redis, tmp_path_factory
+) -> Iterator[dict]:
+    """``ingestflow up`` with the local embedder on free ports, on each backend (one stack
+    per backend for the module); yields its URLs and process."""
+    tmp_path = tmp_path_factory.mktemp(f"stack-{request.param}")
     env = {
         k: v
         for k, v in os.environ.items()
@@ -40,9 +55,10 @@ def stack(request, database_url, prefect_database, celery_redis, tmp_path) -> It
         "INGESTFLOW_API_UPLOAD_URI": str(tmp_path / "uploads"),
         "REDIS_URL": celery_redis,
         "HF_HUB_OFFLINE": "1",
+        "INGESTFLOW_API_RATE_LIMIT": "0",  # the tests poll 20 jobs at a time
     }
-    if prefect_database:
-        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = prefect_database
+    if prefect_database_url:
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = prefect_database_url
     ports = {"api": free_port(), "prefect": free_port(), "model": free_port()}
     argv = [CLI, "up", "--backend", request.param, "--port", str(ports["api"])]
     argv += ["--prefect-port", str(ports["prefect"]), "--model-port", str(ports["model"])]

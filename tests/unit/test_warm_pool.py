@@ -19,9 +19,10 @@ def test_prefect_still_has_what_the_warm_starts_mirror() -> None:
 
     # The starter calls this module global for every run it starts.
     original = direct.run_flow_in_subprocess
-    assert list(inspect.signature(original).parameters) == list(
-        inspect.signature(WarmStarts.__call__).parameters
-    )[1:]
+    assert (
+        list(inspect.signature(original).parameters)
+        == list(inspect.signature(WarmStarts.__call__).parameters)[1:]
+    )
     assert {"PREFECT__CONTROL_PORT", "PREFECT__CONTROL_TOKEN"} == set(
         flow_engine._CONTROL_CHANNEL_ENV_KEYS
     )
