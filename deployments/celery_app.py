@@ -50,6 +50,7 @@ never logged (Celery's banner masks its password).
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -330,3 +331,17 @@ def _use_running_prefect_server(**_: Mapping[str, Any]) -> None:
     # In the worker's main process, before it forks its children: they inherit the chosen
     # PREFECT_API_URL, so no task starts Prefect's ephemeral server (20-30 s each).
     use_running_server()
+
+
+@signals.worker_process_init.connect
+def _warm_up_child(**_: Mapping[str, Any]) -> None:
+    # Each pool child imports the flows and readies what a first task would load (the
+    # schema check, a connection, the embedder's client, a parser process) in the
+    # background: Celery gives a new child only a few seconds to report that it is alive.
+    def warm() -> None:
+        import flows  # noqa: F401 - Prefect is imported in the child, after fork
+        from tasks.warm import warm_up
+
+        warm_up()
+
+    threading.Thread(target=warm, name="warm-up", daemon=True).start()

@@ -18,13 +18,16 @@ by ``INGESTFLOW_SWEEP_CRON`` and sweeps ``INGESTFLOW_SWEEP_URI`` into
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
 from deployments.requeue import requeue_documents
 from deployments.work_pool import DEFAULT_QUEUE, WORK_POOL, ensure_work_pool
 from flows import delete_documents, ingest_batch, ingest_document, sweep_bucket
 from ingestflow.core.settings import get_settings
+
+if TYPE_CHECKING:
+    from prefect import Flow
 
 DEPLOYMENT_TAGS = ["ingestflow"]
 # How often requeue-documents looks for documents left waiting; it only takes those idle for
@@ -61,6 +64,37 @@ def deployment_specs() -> dict[str, dict[str, Any]]:
     }
 
 
+def deployed_flows() -> list[tuple[Flow[..., Any], dict[str, Any]]]:
+    """Each deployment's flow with the keyword arguments of its deployment (name, schedule,
+    parameters, description, tags); the sweep only when a URI is configured."""
+    from prefect.schedules import Interval
+
+    specs = deployment_specs()
+    flows: list[tuple[Flow[..., Any], dict[str, Any]]] = [
+        (ingest_document, {"name": "ingest-document", **specs["ingest-document"]}),
+        (ingest_batch, {"name": "ingest-batch", **specs["ingest-batch"]}),
+        (delete_documents, {"name": "delete-documents", **specs["delete-documents"]}),
+        (
+            requeue_documents,
+            {
+                "name": "requeue-documents",
+                "schedule": Interval(REQUEUE_INTERVAL_SECONDS, anchor_date=_REQUEUE_ANCHOR),
+                **specs["requeue-documents"],
+            },
+        ),
+    ]
+    sweep = get_settings().sweep
+    if sweep.uri:
+        parameters = {
+            "uri": sweep.uri,
+            "collection": sweep.collection,
+            "max_delete_fraction": sweep.max_delete_fraction,
+        }
+        options = {"name": "sweep-bucket", "cron": sweep.cron, "parameters": parameters}
+        flows.append((sweep_bucket, {**options, **specs["sweep-bucket"]}))
+    return flows
+
+
 def build_deployments(*, for_work_pool: bool = False) -> list[Any]:
     """RunnerDeployments of the flows; the sweep only when a URI is configured.
 
@@ -68,11 +102,8 @@ def build_deployments(*, for_work_pool: bool = False) -> list[Any]:
     (``flows.ingest.ingest_batch``), so a worker imports them from the installed package
     without any code storage.
     """
-    from prefect import Flow
     from prefect.deployments.runner import EntrypointType
-    from prefect.schedules import Interval
 
-    specs = deployment_specs()
     extra: dict[str, Any] = {}
     if for_work_pool:
         extra = {
@@ -80,38 +111,7 @@ def build_deployments(*, for_work_pool: bool = False) -> list[Any]:
             "work_queue_name": DEFAULT_QUEUE,
             "entrypoint_type": EntrypointType.MODULE_PATH,
         }
-    flows: dict[str, Flow[..., Any]] = {
-        "ingest-document": ingest_document,
-        "ingest-batch": ingest_batch,
-        "delete-documents": delete_documents,
-    }
-    built = [flow.to_deployment(name=name, **specs[name], **extra) for name, flow in flows.items()]
-    requeue: Flow[..., Any] = requeue_documents
-    built.append(
-        requeue.to_deployment(
-            name="requeue-documents",
-            schedule=Interval(REQUEUE_INTERVAL_SECONDS, anchor_date=_REQUEUE_ANCHOR),
-            **specs["requeue-documents"],
-            **extra,
-        )
-    )
-    sweep = get_settings().sweep
-    if sweep.uri:
-        sweep_flow: Flow[..., Any] = sweep_bucket
-        built.append(
-            sweep_flow.to_deployment(
-                name="sweep-bucket",
-                cron=sweep.cron,
-                parameters={
-                    "uri": sweep.uri,
-                    "collection": sweep.collection,
-                    "max_delete_fraction": sweep.max_delete_fraction,
-                },
-                **specs["sweep-bucket"],
-                **extra,
-            )
-        )
-    return built
+    return [flow.to_deployment(**options, **extra) for flow, options in deployed_flows()]
 
 
 def serve_deployments(limit: int | None = None, warm: int | None = None) -> None:
@@ -125,7 +125,7 @@ def serve_deployments(limit: int | None = None, warm: int | None = None) -> None
     if warm is None:
         warm = get_settings().queue.warm_processes
     ensure_work_pool()
-    serve(*build_deployments(), limit=limit, warm=(limit or 2) if warm is None else warm)
+    serve(deployed_flows(), limit=limit, warm=(limit or 2) if warm is None else warm)
 
 
 def deploy_to_work_pool() -> list[UUID]:

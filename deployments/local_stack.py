@@ -321,7 +321,6 @@ class LocalStack:
     def _start_runner(self) -> None:
         env = dict(self.env)
         if self.options.runner == "serve":
-            env.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "1")
             code = (
                 "from deployments.definitions import serve_deployments;"
                 f" serve_deployments(limit={self.options.concurrency})"

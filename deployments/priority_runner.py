@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
 from prefect.runner import Runner
@@ -31,9 +31,13 @@ from deployments.work_pool import QUEUE_ORDER, queue_of, read_queues
 
 if TYPE_CHECKING:
     import anyio.abc
+    from prefect import Flow
     from prefect.client.schemas.objects import FlowRun
 
 log = logging.getLogger(__name__)
+# How often the served runner asks for due runs: a run waits half of it on average before it
+# starts. Each poll is two small requests to the Prefect server.
+POLL_SECONDS = 0.5
 
 
 def by_queue(runs: Iterable[FlowRun], paused: set[str]) -> list[list[FlowRun]]:
@@ -82,20 +86,26 @@ class PriorityRunner(Runner):
         return runner
 
 
-def serve(*deployments: Any, limit: int | None = None, warm: int = 0) -> None:
-    """What ``prefect.serve`` does, on a ``PriorityRunner``: serve the deployments from
-    this process until interrupted, at most ``limit`` runs at once, each started in one of
-    ``warm`` processes kept ready (``deployments.warm_pool``; 0: a new process per run, as
-    Prefect does)."""
+def serve(
+    flows: Sequence[tuple[Flow[..., Any], dict[str, Any]]],
+    *,
+    limit: int | None = None,
+    warm: int = 0,
+) -> None:
+    """What ``prefect.serve`` does, on a ``PriorityRunner``: serve each flow as the
+    deployment its keyword arguments describe (``Runner.add_flow``, so the runner holds the
+    flow object and starts a run without importing it again) from this process until
+    interrupted, at most ``limit`` runs at once, each started in one of ``warm`` processes
+    kept ready (``deployments.warm_pool``; 0: a new process per run, as Prefect does)."""
     from prefect.exceptions import TerminationSignal
 
     pool = WarmPool(warm) if warm else None
     if pool is not None:
         install(pool)
-    runner = PriorityRunner(limit=limit)
-    for deployment in deployments:
-        runner.add_deployment(deployment)
-    log.info("serving %d deployments, %s runs at once", len(deployments), limit or "any")
+    runner = PriorityRunner(limit=limit, query_seconds=POLL_SECONDS)
+    for flow, options in flows:
+        runner.add_flow(flow, **options)
+    log.info("serving %d deployments, %s runs at once", len(flows), limit or "any")
     try:
         asyncio.run(runner.start())
     except (KeyboardInterrupt, TerminationSignal) as exc:

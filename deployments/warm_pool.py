@@ -35,9 +35,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# What a warm process imports while it waits: the flows and everything a stage loads on its
-# first document.
-PRELOAD = ("flows", "prefect.flow_engine", "tasks.parsers.pdf", "tasks.embedders.openai")
+# What a warm process imports while it waits, before ``tasks.warm.warm_up``.
+PRELOAD = ("flows", "prefect.flow_engine")
 
 
 def _warm_process_main(
@@ -46,27 +45,16 @@ def _warm_process_main(
     """A warm process: import and connect, then wait for one call and run it."""
     for name in preload:
         importlib.import_module(name)
-    _warm_up()
+    if "flows" in preload:
+        from tasks.warm import warm_up
+
+        warm_up()
     try:
         target, args = conn.recv()
     except (EOFError, KeyboardInterrupt):  # the pool closed without a run for this one
         return
     conn.close()
     target(*args)
-
-
-def _warm_up() -> None:
-    """Check the schema and open a database connection now, not in the run (best effort:
-    the run itself reports what fails)."""
-    try:
-        from storage.db import connection
-        from storage.migrate import ensure_schema
-
-        ensure_schema()
-        with connection() as conn:
-            conn.execute("SELECT 1")
-    except Exception as exc:  # noqa: BLE001 - the run will meet it again and say so
-        log.debug("warm-up did not finish: %s", exc)
 
 
 class WarmProcess:
@@ -148,7 +136,7 @@ def flow_call(
         run_flow_with_env,
         env=_runtime_subprocess_env(sanitized),
         remove_env={key for key, value in merged.items() if value is None},
-        flow=flow,
+        flow=flow_reference(flow) or flow,
         flow_run=flow_run,
         parameters=None,
         wait_for=None,
@@ -158,6 +146,25 @@ def flow_call(
     return _run_serialized_call_with_control_bootstrap, (payload, startup_env)
 
 
+def flow_reference(flow: Flow[..., Any]) -> str | None:
+    """``module:name`` of a flow defined at the top of an importable module, else None.
+
+    A warm process imports the flow by it instead of unpickling it: cloudpickle copies a
+    function without the names its annotations use only as strings (``from __future__
+    import annotations``), and Prefect's parameter validation then fails on them.
+    """
+    module, name = getattr(flow.fn, "__module__", None), getattr(flow.fn, "__name__", "")
+    if not module or module == "__main__":
+        return None
+    found = getattr(importlib.import_module(module), name, None)
+    return f"{module}:{name}" if found is flow else None
+
+
+def _imported_flow(reference: str) -> Flow[..., Any]:
+    module, _, name = reference.partition(":")
+    return cast("Flow[..., Any]", getattr(importlib.import_module(module), name))
+
+
 def run_flow_with_env(
     *args: Any,
     env: dict[str, str] | None = None,
@@ -165,7 +172,10 @@ def run_flow_with_env(
     **kwargs: Any,
 ) -> None:
     """In the warm process: the run's environment and settings, then Prefect's ``run_flow``
-    (the body of the wrapper inside ``run_flow_in_subprocess``)."""
+    (the body of the wrapper inside ``run_flow_in_subprocess``); a flow given by reference
+    is imported."""
+    if isinstance(kwargs.get("flow"), str):
+        kwargs["flow"] = _imported_flow(kwargs["flow"])
     from prefect.context import SettingsContext, get_settings_context
     from prefect.engine import handle_engine_signals
     from prefect.flow_engine import run_flow

@@ -1,4 +1,4 @@
-"""How every stage task is wrapped: retries with backoff and jitter, timeouts, tags, the
+"""How every stage task is wrapped: retries with backoff and jitter, timeouts, the
 count of each run (its outcome and duration, for ``/metrics``) and its trace span.
 
 Permanent errors (bad input, bad configuration) are never retried.
@@ -40,7 +40,9 @@ def stage_options(stage: str, *, timeout_seconds: float) -> dict[str, Any]:
         "retry_jitter_factor": 0.5,
         "retry_condition_fn": _retry_unless_permanent,
         "timeout_seconds": timeout_seconds,
-        "tags": ["ingestflow", f"stage:{stage}"],
+        # No tags: Prefect asks the server for the concurrency slots of a tagged task run's
+        # tags before every run, about 80 ms each here, concurrency limits or not. The task
+        # run's name is its stage, and the flow run carries the tags.
         # Inputs are large (documents, vectors) and results are cheap to recompute; caching
         # them would cost more than it saves. Vectors have their own cache in Postgres.
         "cache_policy": NO_CACHE,

@@ -464,6 +464,12 @@ class ParseSandbox:
                 return document
         raise crashed or ParserCrashedError("the parser process could not be started")
 
+    def start_idle(self, count: int = 1) -> None:
+        """Start up to ``count`` workers now, so the first documents need not wait for them."""
+        for _ in range(min(count, self.workers) - self._idle.qsize()):
+            self.started += 1
+            self._checkin(_Worker(self.limits))
+
     def _checkout(self) -> _Worker:
         if self._closed:
             raise RuntimeError("the parse sandbox is closed")
