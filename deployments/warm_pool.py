@@ -60,7 +60,9 @@ def _warm_process_main(
 class WarmProcess:
     """A spawned process that waits for its one call."""
 
-    def __init__(self, ctx: multiprocessing.context.SpawnContext, preload: tuple[str, ...]):
+    def __init__(
+        self, ctx: multiprocessing.context.ForkServerContext, preload: tuple[str, ...]
+    ) -> None:
         self._conn, child_end = ctx.Pipe()
         self.process = ctx.Process(target=_warm_process_main, args=(child_end, preload))
         self.process.start()
@@ -83,7 +85,10 @@ class WarmPool:
     def __init__(self, size: int, preload: Iterable[str] = PRELOAD) -> None:
         self.size = size
         self.preload = tuple(preload)
-        self._ctx = multiprocessing.get_context("spawn")
+        # A fork server imports ``preload`` once; each warm process is forked from it, so
+        # it starts with those imports done instead of paying seconds of CPU for them.
+        self._ctx = multiprocessing.get_context("forkserver")
+        self._ctx.set_forkserver_preload(list(self.preload))
         self._ready: deque[WarmProcess] = deque()
         self._lock = threading.Lock()
         self._closed = False
