@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 # How often the served runner asks for due runs: a run waits half of it on average before it
 # starts. Each poll is two small requests to the Prefect server.
-POLL_SECONDS = 0.5
+POLL_SECONDS = 0.25
 
 
 def by_queue(runs: Iterable[FlowRun], paused: set[str]) -> list[list[FlowRun]]:

@@ -215,12 +215,14 @@ class WarmStarts:
         context: dict[str, Any] | None = None,
         env: dict[str, str | None] | None = None,
     ) -> multiprocessing.context.SpawnProcess:
+        """The warm process, started on the run; typed as what Prefect's starter expects
+        (it uses only ``pid``, ``exitcode`` and ``join``, which every process has)."""
         if parameters is not None or wait_for is not None or context is not None:
             raise ValueError("warm starts take a flow run, not parameters, futures or context")
         target, args = flow_call(flow, flow_run, env)
         warm = self.pool.take()
         warm.run(target, args)
-        return warm.process
+        return cast("multiprocessing.context.SpawnProcess", warm.process)
 
 
 def install(pool: WarmPool) -> None:

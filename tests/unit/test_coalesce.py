@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -68,3 +69,17 @@ def test_a_full_group_leaves_without_waiting_out_the_window() -> None:
     coalescer: Coalescer[str] = Coalescer(3600, groups.append, max_documents=3)
     assert _add_all(coalescer, [("a", str(i)) for i in range(3)]) == [None] * 3
     assert [sorted(g) for g in groups] == [["0", "1", "2"]]
+
+
+def test_a_group_stays_open_while_submissions_keep_joining() -> None:
+    groups: list[list[str]] = []
+    coalescer: Coalescer[str] = Coalescer(1.0, groups.append)
+    threads = []
+    for i in range(4):  # 1.2 s from first to last, never a quiet second between them
+        thread = threading.Thread(target=coalescer.add, args=("a", str(i), 1))
+        thread.start()
+        threads.append(thread)
+        time.sleep(0.4)
+    for thread in threads:
+        thread.join(30)
+    assert [sorted(g) for g in groups] == [["0", "1", "2", "3"]]
