@@ -37,15 +37,21 @@ log = logging.getLogger(__name__)
 
 # What a warm process imports while it waits, before ``tasks.warm.warm_up``.
 PRELOAD = ("flows", "prefect.flow_engine")
+WARM_UP_DELAY = 1.5  # seconds
 
 
 def _warm_process_main(
     conn: multiprocessing.connection.Connection, preload: tuple[str, ...]
 ) -> None:
-    """A warm process: import and connect, then wait for one call and run it."""
+    """A warm process: import and connect, then wait for one call and run it.
+
+    The warm-up waits ``WARM_UP_DELAY`` first: this process was forked when a run took its
+    predecessor, and that run should have the CPU (two cores, here) for its first second.
+    A call that comes sooner is run at once, warming up as it goes.
+    """
     for name in preload:
         importlib.import_module(name)
-    if "flows" in preload:
+    if "flows" in preload and not conn.poll(WARM_UP_DELAY):
         from tasks.warm import warm_up
 
         warm_up()

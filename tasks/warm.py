@@ -28,6 +28,7 @@ def warm_up() -> None:
         with connection() as conn:
             conn.execute("SELECT 1")
         embedder = get_embedder()  # the default provider's client; the model loads lazily
+        embedder.count_tokens("warm-up")  # loads the tokenizer, where there is one
         if get_settings().embedding.model_server_url and embedder.provider == "local":
             embedder.embed(["warm-up"])  # our own model server: the client's first request
         settings = get_settings()
