@@ -153,8 +153,10 @@ def _upload_and_wait(client: Any, collection: str, n: int) -> float:
     waiting = set(ids)
     while waiting:
         for doc_id in list(waiting):
-            doc = client.get(f"/v1/collections/{collection}/documents/{doc_id}").json()
-            if doc["status"] in ("indexed", "failed"):
+            reply = client.get(f"/v1/collections/{collection}/documents/{doc_id}")
+            if reply.status_code != 200:
+                raise SystemExit(f"GET document answered {reply.status_code}: {reply.text[:300]}")
+            if reply.json()["status"] in ("indexed", "failed"):
                 waiting.discard(doc_id)
         if waiting:
             time.sleep(POLL)
