@@ -127,20 +127,28 @@ def measure(design: str, singles: int, bursts: list[int], prefect_pg: str) -> Re
 
 
 def _upload_and_wait(client: Any, collection: str, n: int) -> float:
-    """Send ``n`` distinct small files at once; seconds until every one is indexed."""
+    """Send ``n`` distinct small files at once, each from a client of its own; seconds
+    until every one is indexed."""
+    import httpx
+
     ids: list[str] = [""] * n
+    errors: list[str] = []
     start = threading.Barrier(n + 1) if n > 1 else None
 
     def send(i: int) -> None:
-        if start is not None:
-            start.wait()
         text = f"Note {uuid.uuid4()} number {i}: the tide turns twice a day near the harbour."
-        reply = client.post(
-            f"/v1/collections/{collection}/documents",
-            files={"file": (f"note-{i}.txt", text.encode(), "text/plain")},
-        )
-        reply.raise_for_status()
-        ids[i] = reply.json()["document"]["id"]
+        with httpx.Client(base_url=client.base_url, headers=client.headers, timeout=300) as own:
+            if start is not None:
+                start.wait()
+            try:
+                reply = own.post(
+                    f"/v1/collections/{collection}/documents",
+                    files={"file": (f"note-{i}.txt", text.encode(), "text/plain")},
+                )
+                reply.raise_for_status()
+                ids[i] = reply.json()["document"]["id"]
+            except httpx.HTTPError as exc:
+                errors.append(f"upload {i}: {exc}")
 
     threads = [threading.Thread(target=send, args=(i,)) for i in range(n)]
     for thread in threads:
@@ -150,6 +158,8 @@ def _upload_and_wait(client: Any, collection: str, n: int) -> float:
         start.wait()
     for thread in threads:
         thread.join()
+    if errors:
+        raise SystemExit(f"{len(errors)} of {n} uploads failed; the first: {errors[0]}")
     waiting = set(ids)
     while waiting:
         for doc_id in list(waiting):

@@ -10,20 +10,13 @@ embedding meanwhile retry their requests, and ``/readyz`` says the model is down
 back. On Linux each child also gets SIGTERM if ``up`` itself is killed, so nothing is left
 behind.
 
-How runs are started, measured here (2 cores shared with other work; a two-file
-``ingest-batch`` job; trigger to completion as the backend sees it, 3 to 5 runs a round,
-standalone and through ``up``):
-
-- ``serve()`` with ``PREFECT_RUNNER_POLL_FREQUENCY=1``: medians 5.0 s (4.9-6.5) and 6.5 s on a
-  quiet machine, 7.8 s (6.5-11.5) under load; the run starts about 3 s after it is created.
-- ``prefect worker start`` on the ``ingestflow-process`` pool with
-  ``PREFECT_WORKER_QUERY_SECONDS=1``: median 8.7 s (7.8-9.4) on a quiet machine, 14.5 s and
-  17.5 s (10.5-24.5) under load; about 5 s to start (9.5 s under load). The worker proposes
-  Pending, then spawns ``python -m prefect.engine``, which loads the flow by entrypoint;
-  serve() hands the flow object it holds to a spawned subprocess.
-
-So ``serve`` is the default. Job priorities need the work pool's queues, which ``serve()``
-does not have: ``--runner worker`` trades latency for priorities.
+How runs are started: the served runner (the default) polls every 0.25 s and starts each
+run in a warm process forked from a fork server that has imported the flows
+(``deployments.warm_pool``); one small upload is searchable in under 2 s
+(``bench/latency.py``). ``--runner worker`` is a ``prefect worker start`` on the
+``ingestflow-process`` pool, which spawns ``python -m prefect.engine`` for every run:
+measured before the warm engine, 8.7 s (7.8-9.4) from trigger to completion of a two-file job
+on a quiet machine, against 5.0 s for the served runner of that time.
 """
 
 from __future__ import annotations

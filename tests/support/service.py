@@ -36,12 +36,11 @@ def service_environment(
 def served_deployments(
     env: dict[str, str], log: Path, *, limit: int | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """``serve_deployments(limit)`` in a subprocess polling every second; waits until the
-    ingest and delete deployments exist on the server."""
+    """``serve_deployments(limit)`` in a subprocess (warm run processes, polling every
+    0.25 s); waits until the ingest and delete deployments exist on the server."""
     full_env = {
         **os.environ,
         **env,
-        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
         "PYTHONPATH": str(REPO),
     }
     serve = f"from deployments.definitions import serve_deployments; serve_deployments({limit})"
