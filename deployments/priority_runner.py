@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, cast
 
 from prefect.runner import Runner
 from prefect.runner._scheduled_run_poller import ScheduledRunPoller
@@ -32,6 +32,7 @@ from deployments.work_pool import QUEUE_ORDER, queue_of, read_queues
 if TYPE_CHECKING:
     import anyio.abc
     from prefect import Flow
+    from prefect.deployments.runner import RunnerDeployment
     from prefect.client.schemas.objects import FlowRun
 
 log = logging.getLogger(__name__)
@@ -93,10 +94,11 @@ def serve(
     warm: int = 0,
 ) -> None:
     """What ``prefect.serve`` does, on a ``PriorityRunner``: serve each flow as the
-    deployment its keyword arguments describe (``Runner.add_flow``, so the runner holds the
-    flow object and starts a run without importing it again) from this process until
-    interrupted, at most ``limit`` runs at once, each started in one of ``warm`` processes
-    kept ready (``deployments.warm_pool``; 0: a new process per run, as Prefect does)."""
+    deployment its keyword arguments describe from this process until interrupted, at most
+    ``limit`` runs at once, each started in one of ``warm`` processes kept ready
+    (``deployments.warm_pool``; the runner holds the flow objects, ``Runner.add_flow``).
+    With ``warm`` 0 each run is a new ``python -m prefect.engine`` that imports its flow by
+    entrypoint, as a process worker does."""
     from prefect.exceptions import TerminationSignal
 
     pool = WarmPool(warm) if warm else None
@@ -104,7 +106,10 @@ def serve(
         install(pool)
     runner = PriorityRunner(limit=limit, query_seconds=POLL_SECONDS)
     for flow, options in flows:
-        runner.add_flow(flow, **options)
+        if pool is not None:
+            runner.add_flow(flow, **options)
+        else:
+            runner.add_deployment(cast("RunnerDeployment", flow.to_deployment(**options)))
     log.info("serving %d deployments, %s runs at once", len(flows), limit or "any")
     try:
         asyncio.run(runner.start())
