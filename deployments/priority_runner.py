@@ -32,8 +32,8 @@ from deployments.work_pool import QUEUE_ORDER, queue_of, read_queues
 if TYPE_CHECKING:
     import anyio.abc
     from prefect import Flow
-    from prefect.deployments.runner import RunnerDeployment
     from prefect.client.schemas.objects import FlowRun
+    from prefect.deployments.runner import RunnerDeployment
 
 log = logging.getLogger(__name__)
 # How often the served runner asks for due runs: a run waits half of it on average before it
