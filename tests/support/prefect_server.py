@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,7 @@ def scratch_postgres_database(admin_url: str) -> Iterator[str | None]:
     asyncpg URL, dropped afterwards; None when that server cannot be reached."""
     import psycopg
 
-    name = f"ingestflow_prefect_{os.getpid()}"
+    name = f"ingestflow_prefect_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     try:
         admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError:
