@@ -29,12 +29,13 @@ STUCK_AFTER = 2.0  # the re-queue pass's idle threshold here (900 s by default)
 TIMEOUT = 180.0  # a guard against hanging, not an expectation
 
 
-def flow_run_process(parent: int, flow_run_id: str) -> psutil.Process | None:
-    """The process the runner started for ``flow_run_id`` (it carries the id in its
-    environment), among ``parent``'s descendants."""
+def embedding_process(parent: int, port: int) -> psutil.Process | None:
+    """The process among ``parent``'s descendants with a request open to the embeddings
+    server on ``port``: the run's process, stalled in its embed step (the runner's idle warm
+    processes have not called it)."""
     for child in psutil.Process(parent).children(recursive=True):
         try:
-            if child.environ().get("PREFECT__FLOW_RUN_ID") == flow_run_id:
+            if any(c.raddr and c.raddr.port == port for c in child.net_connections("tcp")):
                 return child
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
@@ -70,9 +71,8 @@ def test_documents_of_a_killed_run_are_requeued_by_the_deployment_and_end_exact(
         interval=0.2,
     )
     wait_for(lambda: pipeline.stats().requests > 0, timeout=TIMEOUT, what="an embedding request")
-    flow_run_id = api.get(f"/v1/jobs/{job}", headers=key).json()["flow_run_id"]
     process = wait_for(
-        lambda: flow_run_process(served.pid, flow_run_id),
+        lambda: embedding_process(served.pid, pipeline.port),
         timeout=TIMEOUT,
         what="the run's process",
     )

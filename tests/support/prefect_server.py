@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import uuid
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
