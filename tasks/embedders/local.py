@@ -6,6 +6,11 @@ onnxruntime fp32 ran 9.5 / 12-16 and int8 11-17 / 17, with int8 drifting from th
 vectors (min cosine 0.984). The packaged weights are safetensors only, so ONNX would need a
 torch-based export anyway, for no gain at 2 threads: torch it is, loaded on the first ``embed``.
 
+``INGESTFLOW_EMBED_PRECISION`` (``auto``) runs the model in bfloat16 on CPUs that compute it
+natively (AVX512-BF16, AMX): measured here (``bench/embedder_backends.py``, BENCHMARKS.md)
+1.5-1.8 times the float32 throughput at a minimum cosine of 0.99991 to the float32 vectors,
+so both share the vector cache. Elsewhere torch would emulate it, slower than float32.
+
 With ``INGESTFLOW_EMBED_MODEL_SERVER_URL`` set, the model is not loaded here at all: batches go
 to that model server (``tasks.embedders.model_server``, which runs this class itself), through
 the ``openai`` provider's client and retries, so every run on a machine shares one copy.
@@ -104,7 +109,10 @@ class LocalEmbedder(Embedder):
             convert_to_numpy=True,
             show_progress_bar=False,
         )
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        out = np.ascontiguousarray(vectors, dtype=np.float32)
+        if use_bf16(self.settings.precision):  # normalised in bfloat16: again, in float32
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
 
     def _get_tokenizer(self) -> Tokenizer:
         # Double-checked: the hot path (every count_tokens call) takes no lock.
@@ -118,7 +126,7 @@ class LocalEmbedder(Embedder):
         if self._model is None:
             with self._lock:
                 if self._model is None:
-                    self._model = _load_model(self.settings.torch_threads)
+                    self._model = _load_model(self.settings.torch_threads, self.settings.precision)
         return self._model
 
 
@@ -141,8 +149,23 @@ def _load_tokenizer() -> Tokenizer:
     return tokenizer
 
 
-def _load_model(torch_threads: int) -> SentenceTransformer:
-    """Load the packaged model on the CPU; a missing torch is a configuration problem."""
+def bf16_supported() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX); elsewhere torch
+    emulates it, slower than float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16(precision: str) -> bool:
+    return precision == "bf16" or (precision == "auto" and bf16_supported())
+
+
+def _load_model(torch_threads: int, precision: str = "fp32") -> SentenceTransformer:
+    """Load the packaged model on the CPU (in bfloat16 where ``precision`` says so); a
+    missing torch is a configuration problem."""
     try:
         import torch
         from sentence_transformers import SentenceTransformer
@@ -156,4 +179,6 @@ def _load_model(torch_threads: int) -> SentenceTransformer:
     hf_logging.disable_progress_bar()  # a per-load progress bar is noise in logs and CLIs
     model = SentenceTransformer(str(model_path()), device="cpu", local_files_only=True)
     model.max_seq_length = LocalEmbedder.max_seq_length
+    if use_bf16(precision):
+        model = model.to(torch.bfloat16)  # vectors still come back as float32
     return model

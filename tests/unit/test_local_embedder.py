@@ -35,8 +35,36 @@ def make(model: str | None = None, **settings) -> LocalEmbedder:
 
 @pytest.fixture(scope="module")
 def embedder() -> LocalEmbedder:
-    # One model load for the module; batch_size 3 so that batching is exercised.
-    return LocalEmbedder(None, EmbeddingSettings(batch_size=3, torch_threads=1))
+    # One model load for the module; batch_size 3 so that batching is exercised; float32,
+    # whose results are exact (bfloat16 has tests of its own below).
+    return LocalEmbedder(None, EmbeddingSettings(batch_size=3, torch_threads=1, precision="fp32"))
+
+
+def _scifact_chunks(n: int) -> list[str]:
+    import json
+
+    corpus = REPO.parent / "shared" / "eval-data" / "scifact" / "corpus.jsonl"
+    lines = corpus.read_text(encoding="utf-8").splitlines()[:n]
+    return [f"{d['title']}. {d['text']}"[:800] for d in map(json.loads, lines)]
+
+
+@pytest.mark.skipif(not local.bf16_supported(), reason="this CPU has no native bfloat16")
+def test_bfloat16_vectors_stay_within_cosine_0999_of_float32(embedder: LocalEmbedder) -> None:
+    texts = _scifact_chunks(96)
+    bf16 = LocalEmbedder(None, EmbeddingSettings(batch_size=32, torch_threads=2, precision="bf16"))
+    got, want = bf16.embed(texts), embedder.embed(texts)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert float(np.min(np.sum(got * want, axis=1))) >= 0.999
+    alone = np.vstack([bf16.embed_batch([t]) for t in texts[:8]])
+    assert float(np.min(np.sum(alone * got[:8], axis=1))) >= 0.999  # batching barely matters
+
+
+def test_precision_auto_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local, "bf16_supported", lambda: False)
+    assert not local.use_bf16("auto") and local.use_bf16("bf16") and not local.use_bf16("fp32")
+    monkeypatch.setattr(local, "bf16_supported", lambda: True)
+    assert local.use_bf16("auto") and not local.use_bf16("fp32")
 
 
 def test_shape_dtype_and_unit_norm(embedder: LocalEmbedder) -> None:
@@ -130,7 +158,7 @@ def test_missing_torch_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_model_loads_once_under_concurrency(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
 
-    def slow_load(threads: int) -> object:
+    def slow_load(threads: int, precision: str) -> object:
         calls.append(threads)
         time.sleep(0.05)  # widen the race window
         return object()
