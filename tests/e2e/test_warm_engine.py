@@ -4,6 +4,7 @@ model server's death reported and survived, and a killed run retried as the Pref
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -113,6 +114,16 @@ def _wait_jobs(client: httpx.Client, job_ids: list[str], timeout: float = 240) -
     pytest.fail(f"jobs did not end: {[j['state'] for j in jobs]}")
 
 
+def _cmdline(process: Any) -> str:
+    """A process's command line; "" for one that has exited (a zombie not yet reaped)."""
+    import psutil
+
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def _processes_with_torch(root_pid: int) -> list[str]:
     """The stack's processes that have torch's library mapped (a copy of the model's
     runtime), by command line."""
@@ -174,7 +185,7 @@ def test_the_model_servers_death_is_reported_and_survived(stack, client, collect
     server = next(
         p
         for p in psutil.Process(stack["proc"].pid).children(recursive=True)
-        if "model-server" in " ".join(p.cmdline())
+        if "model-server" in _cmdline(p)
     )
     server.kill()
     seen = None
@@ -195,7 +206,7 @@ def test_the_model_servers_death_is_reported_and_survived(stack, client, collect
     restarted = [
         p
         for p in psutil.Process(stack["proc"].pid).children(recursive=True)
-        if "model-server" in " ".join(p.cmdline())
+        if "model-server" in _cmdline(p)
     ]
     assert restarted and restarted[0].pid != server.pid
 
@@ -229,10 +240,13 @@ def test_a_run_killed_while_embedding_is_retried_from_the_ui_and_ends_exact(
     runner = next(
         p
         for p in psutil.Process(stack["proc"].pid).children()
-        if "serve_deployments" in " ".join(p.cmdline())
+        if "serve_deployments" in _cmdline(p)
     )
-    for process in runner.children():  # the run's process, and the idle warm ones
-        process.kill()
+    # The runner's warm processes are the children of its fork server: the run's among them.
+    fork_server = next(p for p in runner.children() if "forkserver" in _cmdline(p))
+    for process in fork_server.children():
+        with contextlib.suppress(psutil.Error):
+            process.kill()
     record = _wait_jobs(client, [job["job_id"]])[0]
     assert record["state"] == "failed", record  # the run crashed
 
