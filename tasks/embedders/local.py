@@ -8,7 +8,7 @@ torch-based export anyway, for no gain at 2 threads: torch it is, loaded on the 
 
 ``INGESTFLOW_EMBED_PRECISION`` (``auto``) runs the model in bfloat16 on CPUs that compute it
 natively (AVX512-BF16, AMX): measured here (``bench/embedder_backends.py``, BENCHMARKS.md)
-1.5-1.8 times the float32 throughput at a minimum cosine of 0.99991 to the float32 vectors,
+1.75 times the float32 throughput at a minimum cosine of 0.99991 to the float32 vectors,
 so both share the vector cache. Elsewhere torch would emulate it, slower than float32.
 
 With ``INGESTFLOW_EMBED_MODEL_SERVER_URL`` set, the model is not loaded here at all: batches go
