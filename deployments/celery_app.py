@@ -62,10 +62,9 @@ from kombu import Queue
 
 from deployments.prefect_server import use_running_server
 from deployments.queue import JobRequest
+from deployments.submit import record_jobs
 from ingestflow.core.settings import get_settings
 from ingestflow.core.types import JobKind
-from storage.db import transaction
-from storage.jobs import create_job
 
 log = logging.getLogger(__name__)
 INGEST_TASK = "ingestflow.ingest"
@@ -166,18 +165,10 @@ def _begin(task: Task, request: JobRequest) -> None:
     A task sent without a job record (plain ``ingest.delay()``) gets one."""
     job_id = task.request.id
     sizes = dict((job, len(sources)) for job, sources in request.jobs)
-    with transaction() as conn:
-        for each in request.job_ids:
-            create_job(
-                conn,
-                job_id=each,
-                tenant=request.tenant,
-                collection=request.collection,
-                kind=request.kind.value,
-                backend="celery",
-                run_id=job_id,
-                documents=sizes.get(each, len(request.sources or request.document_ids)),
-            )
+    everything = len(request.sources or request.document_ids)
+    record_jobs(
+        request, {each: sizes.get(each, everything) for each in request.job_ids}, "celery", job_id
+    )
     client = task.backend.client
     if client.hget(job_key(job_id), "cancelled"):
         # task_track_started has just stored STARTED over the REVOKED that cancel() wrote.

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from deployments.background_prefect import console_script, server_command
 from deployments.queue import BACKENDS
 from ingestflow.core.errors import ConfigError, IngestError, StoreError
 from ingestflow.core.settings import get_settings
@@ -276,7 +277,8 @@ class LocalStack:
             self.model_server = base
             return
         self.model_server = f"http://127.0.0.1:{self.options.model_port}"
-        argv = [_bin("ingestflow"), "model-server", "--port", str(self.options.model_port)]
+        argv = [console_script("ingestflow"), "model-server"]
+        argv += ["--port", str(self.options.model_port)]
         child = spawn("model-server", argv, env=self.env, log_dir=self.log_dir)
         child.restartable = True
         self.children.append(child)
@@ -298,14 +300,8 @@ class LocalStack:
         self.env["PREFECT_API_URL"] = self.prefect_api
 
     def _spawn_prefect_server(self, url: str) -> None:
-        env = {k: v for k, v in self.env.items() if k != "PREFECT_API_URL"}
-        env["PREFECT_HOME"] = str(self.options.data_dir / "prefect")
-        # The UI asks this URL for its data; left to Prefect it names port 4200 whatever
-        # --port says, and shows "Can't connect to Server API" (or another server's runs).
-        env["PREFECT_SERVER_UI_API_URL"] = url
-        env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        argv = [_bin("prefect"), "server", "start", "--host", "127.0.0.1"]
-        argv += ["--port", str(self.options.prefect_port)]
+        home = self.options.data_dir / "prefect"
+        argv, env = server_command(home, self.options.prefect_port, self.env)
         self.children.append(spawn("prefect-server", argv, env=env, log_dir=self.log_dir))
         self.prefect_api = url
         self.prefect_started = True
@@ -327,7 +323,7 @@ class LocalStack:
             return
         self._deploy_to_work_pool()
         env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "1")
-        argv = [_bin("prefect"), "worker", "start", "--pool", "ingestflow-process"]
+        argv = [console_script("prefect"), "worker", "start", "--pool", "ingestflow-process"]
         argv += ["--type", "process", "--limit", str(self.options.concurrency)]
         # The worker turns SIGTERM into SIGINT and may still linger: short grace, then kill.
         self.children.append(
@@ -358,7 +354,8 @@ class LocalStack:
 
         if importlib.util.find_spec("deployments.celery_app") is None:
             raise ConfigError("the celery backend needs deployments/celery_app.py")
-        argv = [_bin("celery"), "-A", "deployments.celery_app", "worker", "-Q", CELERY_QUEUES]
+        argv = [console_script("celery"), "-A", "deployments.celery_app"]
+        argv += ["worker", "-Q", CELERY_QUEUES]
         argv += ["--concurrency", "1", "--loglevel", "INFO"]
         # SIGTERM is Celery's warm shutdown: it finishes the task at hand, within the grace.
         self.children.append(spawn("celery", argv, env=self.env, log_dir=self.log_dir))
@@ -452,12 +449,6 @@ def _describe_url(url: str) -> str:
     socket_dir = parse_qs(parts.query).get("host", [""])[0]
     where = f" (socket in {socket_dir})" if not host and socket_dir.startswith("/") else ""
     return f"{parts.scheme}://{host}{parts.path}{where}"
-
-
-def _bin(name: str) -> str:
-    """A console script installed beside this interpreter (the venv's), else on PATH."""
-    beside = Path(sys.executable).with_name(name)
-    return str(beside) if beside.exists() else name
 
 
 def run_stack(options: StackOptions, say: Callable[[LocalStack], None]) -> int:

@@ -2,25 +2,31 @@
 
 Chosen before Prefect is imported, once per front door (the CLI, the API, a worker): a
 running server beats ephemeral mode, which starts a temporary server in every process
-(20-30 s here). When ``PREFECT_API_URL`` is unset and a local server answers (``prefect
-server start`` or ``ingestflow up``), runs go there instead and show in its UI.
+(20-30 s here). When ``PREFECT_API_URL`` is unset and a local server answers on
+``INGESTFLOW_QUEUE_PREFECT_PORT`` (``prefect server start``, ``ingestflow up``, or the
+background server), runs go there and show in its UI. When none answers, one is started in
+the background and kept (``deployments.background_prefect``), unless
+``INGESTFLOW_QUEUE_PREFECT_SERVER=ephemeral``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
-import urllib.request
 from urllib.parse import urlsplit, urlunsplit
 
+from deployments import background_prefect
 from ingestflow.core.errors import BackendUnavailableError
 from ingestflow.core.settings import get_settings
 
-LOCAL_API = "http://127.0.0.1:4200/api"
+log = logging.getLogger(__name__)
 
 
-def use_running_server(api_url: str = LOCAL_API, timeout: float = 0.5) -> str | None:
-    """Point Prefect at ``api_url`` if nothing else is configured and it is healthy."""
+def use_running_server() -> str | None:
+    """Point Prefect at a server if nothing else is configured: the local one answering on
+    the configured port, else one started there in the background. None means ephemeral
+    mode (chosen in settings, or the background server could not start: logged)."""
     if os.environ.get("PREFECT_API_URL"):
         return os.environ["PREFECT_API_URL"]
     if "prefect" in sys.modules:
@@ -29,17 +35,25 @@ def use_running_server(api_url: str = LOCAL_API, timeout: float = 0.5) -> str | 
 
         if PREFECT_API_URL.value():
             return str(PREFECT_API_URL.value())
-    try:
-        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout) as resp:  # noqa: S310
-            healthy = resp.status == 200
-    except OSError:
-        _quiet_ephemeral_server()
-        return None
-    if healthy:
-        os.environ["PREFECT_API_URL"] = api_url
-        return api_url
-    _quiet_ephemeral_server()
-    return None
+    queue = get_settings().queue
+    api_url = f"http://127.0.0.1:{queue.prefect_port}/api"
+    if not background_prefect.healthy(api_url):
+        if queue.prefect_server != "background":
+            _quiet_ephemeral_server()
+            return None
+        try:
+            api_url = background_prefect.start(queue.prefect_port)
+        except BackendUnavailableError as e:
+            log.warning("%s; using Prefect's ephemeral mode instead", e)
+            _quiet_ephemeral_server()
+            return None
+    os.environ["PREFECT_API_URL"] = api_url
+    if "prefect" in sys.modules:
+        # Prefect read its settings from the environment when it was imported.
+        from prefect.context import refresh_global_settings_context
+
+        refresh_global_settings_context()
+    return api_url
 
 
 def _quiet_ephemeral_server() -> None:
@@ -50,8 +64,8 @@ def _quiet_ephemeral_server() -> None:
 
 def api_url() -> str:
     """The Prefect API this process talks to: ``PREFECT_API_URL`` (environment or Prefect
-    profile), else a server answering on 127.0.0.1:4200. Never Prefect's ephemeral server:
-    nothing would serve the deployments there."""
+    profile), else the local server (see ``use_running_server``). Never Prefect's ephemeral
+    server: nothing would serve the deployments there."""
     url = use_running_server()
     if not url:
         raise BackendUnavailableError(

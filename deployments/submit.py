@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from deployments.coalesce import Coalescer
@@ -145,18 +145,7 @@ def submit_jobs(request: JobRequest, documents: dict[str, list[str]], backend: Q
     """Record each of the request's jobs (with the ids of its documents), submit the run,
     and, for a run of several jobs, record the run on each; returns the run's id. A refused
     submission leaves no record."""
-    with transaction() as conn:
-        for job_id, ids in documents.items():
-            create_job(
-                conn,
-                job_id=job_id,
-                tenant=request.tenant,
-                collection=request.collection,
-                kind=request.kind.value,
-                backend=backend.name,
-                priority=request.priority.value,
-                documents=len(ids),
-            )
+    record_jobs(request, {job: len(ids) for job, ids in documents.items()}, backend.name)
     try:
         run_id = backend.submit(request)
     except BaseException:
@@ -171,6 +160,26 @@ def submit_jobs(request: JobRequest, documents: dict[str, list[str]], backend: Q
                 set_run(conn, job_id=job_id, run_id=run_id, flow_run_id=flow_run)
                 assign_job(conn, document_ids=ids, job_id=job_id)
     return run_id
+
+
+def record_jobs(
+    request: JobRequest, sizes: Mapping[str, int], backend: str, run_id: str | None = None
+) -> None:
+    """A ``queued`` record for each job of the request (``sizes``: its documents), in one
+    transaction; a record that exists already is left as it is."""
+    with transaction() as conn:
+        for job_id, documents in sizes.items():
+            create_job(
+                conn,
+                job_id=job_id,
+                tenant=request.tenant,
+                collection=request.collection,
+                kind=request.kind.value,
+                backend=backend,
+                priority=request.priority.value,
+                run_id=run_id,
+                documents=documents,
+            )
 
 
 @dataclass(frozen=True)

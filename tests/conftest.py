@@ -28,6 +28,8 @@ os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.pop("PREFECT_API_URL", None)
+# No test leaves a background Prefect server behind: those that need one start their own.
+os.environ["INGESTFLOW_QUEUE_PREFECT_SERVER"] = "ephemeral"
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_DATA = REPO.parent / "shared" / "eval-data"

@@ -34,6 +34,8 @@ eval_app = typer.Typer(help="Retrieval quality.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 app.add_typer(storage_app, name="storage")
 app.add_typer(keys_app, name="keys")
+prefect_app = typer.Typer(help="The background Prefect server.", no_args_is_help=True)
+app.add_typer(prefect_app, name="prefect")
 app.command(help=UP_HELP)(up)
 
 
@@ -251,6 +253,21 @@ def model_server(
     from tasks.embedders.model_server import serve
 
     serve(host=host, port=port)
+
+
+@prefect_app.command("stop")
+@one_line_errors
+def prefect_stop() -> None:
+    """Stop the Prefect server started in the background on first use (not one `up` or
+    `prefect server start` runs)."""
+    from deployments import background_prefect
+
+    pid = background_prefect.stop()
+    console.print(
+        f"stopped the background Prefect server (pid {pid})"
+        if pid
+        else "no background Prefect server is running"
+    )
 
 
 @db_app.command("upgrade")

@@ -33,8 +33,12 @@ def up(
     host: Annotated[str, typer.Option(help="Address the API listens on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the API.")] = 8000,
     prefect_port: Annotated[
-        int, typer.Option(help="Port of the Prefect server and UI, if `up` starts one.")
-    ] = 4200,
+        int | None,
+        typer.Option(
+            help="Port of the Prefect server and UI, if `up` starts one (default:"
+            " INGESTFLOW_QUEUE_PREFECT_PORT, else 4200)."
+        ),
+    ] = None,
     model_port: Annotated[
         int, typer.Option(help="Port of the model server, if `up` starts one.")
     ] = 8100,
@@ -72,7 +76,7 @@ def up(
         data_dir=data_dir or Path(user_data_dir("ingestflow")),
         host=host,
         port=port,
-        prefect_port=prefect_port,
+        prefect_port=prefect_port or get_settings().queue.prefect_port,
         model_port=model_port,
         model_server=model_server,
         backend=backend or get_settings().queue.backend,

@@ -191,6 +191,15 @@ class QueueSettings(BaseSettings):
         description="Flow-run processes the served runner keeps ready (default: as many as"
         " runs it may run at once; 0: a new process for each run).",
     )
+    prefect_server: Literal["background", "ephemeral"] = Field(
+        default="background",
+        description="With no PREFECT_API_URL and nothing answering on prefect_port:"
+        " background starts `prefect server start` there, detached, and later calls and"
+        " processes reuse it; ephemeral uses Prefect's temporary in-process server each time.",
+    )
+    prefect_port: int = Field(
+        default=4200, gt=0, lt=65536, description="The local Prefect server's port."
+    )
     coalesce_ms: float = Field(
         default=100,
         ge=0,
