@@ -4,6 +4,8 @@
     upload-memory   server memory during a large upload (bench/upload_memory.py)
     embedders       all-MiniLM-L6-v2 backends on this machine (bench/embedder_backends.py)
     latency         upload to searchable through the whole stack, per design (bench/latency.py)
+    notebook        ingest() with no Prefect server: ephemeral mode against the background
+                    server (bench/notebook.py)
 
 ``python -m bench run --small --embedder hash --systems ingestflow`` is the quick check.
 """
@@ -38,10 +40,17 @@ def _latency(argv: list[str]) -> None:
     main(argv)
 
 
+def _notebook(argv: list[str]) -> None:
+    from bench.notebook import main
+
+    main(argv)
+
+
 DELEGATES: dict[str, Callable[[list[str]], None]] = {
     "upload-memory": _upload_memory,
     "embedders": _embedders,
     "latency": _latency,
+    "notebook": _notebook,
 }
 
 
