@@ -102,6 +102,31 @@ class EmbeddingSettings(BaseSettings):
     max_retry_wait: float = Field(
         default=60.0, gt=0, description="Longest single backoff, seconds."
     )
+    concurrent_requests: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Embedding requests in flight at once per process (remote providers and"
+        " the model server; a model loaded in the process embeds one batch at a time).",
+    )
+    requests_per_minute: int | None = Field(
+        default=None, gt=0, description="The provider's request budget, shared by all workers."
+    )
+    tokens_per_minute: int | None = Field(
+        default=None, gt=0, description="The provider's token budget, shared by all workers."
+    )
+    budget_window_seconds: float = Field(
+        default=60,
+        gt=0,
+        le=3600,
+        description="The window the provider counts its limits over; the budgets are the"
+        " per-minute figures scaled to it (Azure OpenAI checks over 10 s).",
+    )
+    budget_url: SecretStr | None = Field(
+        default=None,
+        description="Where the shared budgets and Retry-After pauses live: a Redis URL"
+        " (default: the queue's REDIS_URL), or memory:// for each process on its own.",
+    )
     model_server_url: str | None = Field(
         default=None,
         description="The local provider's model server (`ingestflow model-server`); "

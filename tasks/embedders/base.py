@@ -11,9 +11,11 @@ built-ins (``local``, ``openai``) exactly as a plugin package would::
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import numpy as np
 
@@ -28,6 +30,9 @@ class Embedder(ABC):
 
     provider: str = ""
     default_model: str = ""
+    # The provider's own caps on one request (None: none); settings may ask for less.
+    max_request_inputs: int | None = None
+    max_request_tokens: int | None = None
 
     def __init__(self, model: str | None, settings: EmbeddingSettings) -> None:
         self.model = model or self.default_model
@@ -41,6 +46,11 @@ class Embedder(ABC):
     @abstractmethod
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
         """Embed one batch (already sized by ``batches``) into an (n, dimension) array."""
+
+    @property
+    def in_flight(self) -> int:
+        """How many ``embed_batch`` calls ``embed`` runs at once (1: one after another)."""
+        return 1
 
     def count_tokens(self, text: str) -> int:
         """Token count used for batch sizing and token-aware chunking.
@@ -58,6 +68,8 @@ class Embedder(ABC):
         back in input order).
         """
         limit, token_budget = self.settings.batch_size, self.settings.max_batch_tokens
+        limit = min(limit, self.max_request_inputs or limit)
+        token_budget = min(token_budget, self.max_request_tokens or token_budget)
         counts = [self.count_tokens(text) for text in texts]
         batch: list[int] = []
         tokens = 0
@@ -76,21 +88,43 @@ class Embedder(ABC):
     ) -> np.ndarray:
         """Embed any number of texts, batch by batch, keeping their order; ``on_batch`` is
         told the positions of each batch's texts once they are embedded. Each batch is one
-        request to the model (one trace span)."""
+        request to the model (one trace span); up to ``in_flight`` of them run at once, and
+        the first failure stops the rest and is raised."""
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
-        for idx in self.batches(texts):
-            with span(
-                "ingestflow.embed.request",
-                **{
-                    "ingestflow.embed.provider": self.provider,
-                    "ingestflow.embed.model": self.model,
-                    "ingestflow.embed.texts": len(idx),
-                },
-            ):
-                out[idx] = self.embed_batch([texts[i] for i in idx])
-            if on_batch is not None:
-                on_batch(idx)
+        batches = list(self.batches(texts))
+        workers = min(self.in_flight, len(batches))
+        if workers <= 1:
+            for idx in batches:
+                out[idx] = self._embed_traced(texts, idx)
+                if on_batch is not None:
+                    on_batch(idx)
+            return out
+        with ThreadPoolExecutor(workers, thread_name_prefix="embed") as pool:
+            pending = {
+                pool.submit(contextvars.copy_context().run, self._embed_traced, texts, idx): idx
+                for idx in batches
+            }
+            try:
+                for done in as_completed(pending):
+                    idx = pending[done]
+                    out[idx] = done.result()
+                    if on_batch is not None:
+                        on_batch(idx)
+            finally:
+                for future in pending:
+                    future.cancel()  # after a failure: the batches not yet started
         return out
+
+    def _embed_traced(self, texts: Sequence[str], idx: list[int]) -> np.ndarray:
+        with span(
+            "ingestflow.embed.request",
+            **{
+                "ingestflow.embed.provider": self.provider,
+                "ingestflow.embed.model": self.model,
+                "ingestflow.embed.texts": len(idx),
+            },
+        ):
+            return self.embed_batch([texts[i] for i in idx])
 
     @property
     def identity(self) -> str:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from pydantic import SecretStr
 
 from ingestflow.core.errors import ConfigError
 from ingestflow.core.settings import EmbeddingSettings
@@ -93,6 +94,11 @@ class LocalEmbedder(Embedder):
     def dimension(self) -> int:
         return 384
 
+    @property
+    def in_flight(self) -> int:
+        # The model server batches concurrent requests; a model in this process cannot.
+        return self._server.in_flight if self._server is not None else 1
+
     def count_tokens(self, text: str) -> int:
         """Number of WordPiece tokens in ``text``, untruncated, without special tokens."""
         return len(self._get_tokenizer().encode(text, add_special_tokens=False).ids)
@@ -134,7 +140,16 @@ def _server_client(url: str, settings: EmbeddingSettings) -> Embedder:
     """The ``openai`` provider pointed at the model server, asking for the packaged model."""
     from tasks.embedders.openai import OpenAIEmbedder
 
-    remote = settings.model_copy(update={"openai_base_url": url, "openai_api_key": None})
+    remote = settings.model_copy(
+        update={
+            "openai_base_url": url,
+            "openai_api_key": None,
+            # The provider's budgets are for a hosted account, not this machine's server.
+            "requests_per_minute": None,
+            "tokens_per_minute": None,
+            "budget_url": SecretStr("memory://"),
+        }
+    )
     return OpenAIEmbedder(CANONICAL_MODEL, remote)
 
 

@@ -1,10 +1,13 @@
 """OpenAI (and OpenAI-compatible) embeddings through the official ``openai`` client.
 
 The client's own retries are switched off (``max_retries=0``). This module retries 429s,
-5xx, timeouts and connection errors itself, with exponential backoff and full jitter that
-honours the server's Retry-After, so every wait is capped by ``max_retry_wait`` and logged.
-A request that runs out of retries on a Retry-After holds the next request (the stage task's
-own retry, the next batch) back until that time has passed.
+5xx, timeouts and connection errors itself through ``tenacity``, with exponential backoff and
+full jitter that honours the server's Retry-After, so every wait is capped by
+``max_retry_wait`` and logged; 4xx other than 408, 409 and 429 fail at once. A Retry-After
+also holds back every other request for this endpoint and model, in this process and in
+every process sharing the budget store (``tasks.embedders.budget``), including the next
+request after one that ran out of retries. Each request first waits for the shared
+requests- and tokens-per-minute budgets when they are set.
 The ``openai`` package is imported only when an embedder is built: the registry imports this
 module even when another provider is used, and ``openai`` takes about half a second to load.
 """
@@ -23,10 +26,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import numpy as np
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
 from ingestflow.core.errors import ConfigError, EmbedError, EmbedRequestRejected
 from ingestflow.core.settings import EmbeddingSettings
 from tasks.embedders.base import Embedder
+from tasks.embedders.budget import budget_for
 
 if TYPE_CHECKING:
     import openai
@@ -110,6 +115,9 @@ class OpenAIEmbedder(Embedder):
 
     provider = "openai"
     default_model = "text-embedding-3-small"
+    # OpenAI's documented caps for its embedding models, per request.
+    max_request_inputs = 2048
+    max_request_tokens = 300_000
 
     def __init__(
         self,
@@ -128,12 +136,16 @@ class OpenAIEmbedder(Embedder):
         known = None if settings.openai_base_url else KNOWN_DIMENSIONS.get(self.model)
         self._dimension: int | None = known
         self._dimension_lock = threading.Lock()
-        # When a request gives up on a Retry-After, the next one (a task retry, another
-        # batch) must still not go before it: time.monotonic() of the earliest next request.
-        self._not_before = 0.0
+        self._budget = budget_for(self.identity, settings)
+        if self._budget.tokens_per_window:  # a larger request could never be admitted
+            self.max_request_tokens = min(self.max_request_tokens, self._budget.tokens_per_window)
 
     def __repr__(self) -> str:
         return f"OpenAIEmbedder(model={self.model!r})"
+
+    @property
+    def in_flight(self) -> int:
+        return self.settings.concurrent_requests
 
     @property
     def identity(self) -> str:
@@ -165,62 +177,72 @@ class OpenAIEmbedder(Embedder):
     def _request(self, texts: list[str]) -> Any:
         import openai
 
-        self._wait_out_retry_after()
-        attempt = 0
-        while True:
-            try:
-                return self._client.embeddings.create(input=texts, model=self.model)
-            except openai.OpenAIError as exc:
-                failure = _classify(exc)
-                self._raise_unless_retryable(failure, attempt, exc)
-                self._wait(attempt, failure)
-            except ValueError as exc:  # the client's parser found no usable data
-                raise EmbedError(f"malformed embeddings response: {exc}") from exc
-            attempt += 1
-
-    def _raise_unless_retryable(self, failure: _Failure, attempt: int, exc: Exception) -> None:
-        if not failure.retryable:
-            reason = f"embeddings request for model {self.model!r} rejected: {failure.label}"
-            if failure.detail:
-                reason += f"; {failure.detail}"
-            raise EmbedRequestRejected(self._redact(reason)) from exc
-        if attempt >= self.settings.max_retries:
-            self._remember_retry_after(failure)
-            raise EmbedError(
-                f"embeddings request for model {self.model!r} failed after {attempt + 1} "
-                f"attempts; last: {failure.label}"
-            ) from exc
-
-    def _remember_retry_after(self, failure: _Failure) -> None:
-        """Giving up on a request the server asked to retry later: hold the next request
-        back until then (capped like every wait)."""
-        if failure.wait_hint:
-            wait = min(failure.wait_hint, self.settings.max_retry_wait)
-            self._not_before = max(self._not_before, time.monotonic() + wait)
-
-    def _wait_out_retry_after(self) -> None:
-        left = self._not_before - time.monotonic()
-        if left > 0:
-            log.warning(
-                "embeddings for model %r: waiting %.2f s for the server's Retry-After",
-                self.model,
-                left,
-            )
-            self._sleep(left)
-
-    def _wait(self, attempt: int, failure: _Failure) -> None:
-        wait = backoff_wait(
-            attempt, cap=self.settings.max_retry_wait, hint=failure.wait_hint, rng=self._rng
+        tokens = sum(self.count_tokens(t) for t in texts)
+        retrying = Retrying(
+            stop=stop_after_attempt(self.settings.max_retries + 1),
+            retry=retry_if_exception(
+                lambda e: isinstance(e, openai.OpenAIError) and _classify(e).retryable
+            ),
+            wait=self._backoff,
+            sleep=self._sleep,
+            before_sleep=self._log_retry,
+            reraise=True,
         )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    response = self._send(texts, tokens)
+        except openai.OpenAIError as exc:
+            failure = _classify(exc)
+            if not failure.retryable:
+                reason = f"embeddings request for model {self.model!r} rejected: {failure.label}"
+                if failure.detail:
+                    reason += f"; {failure.detail}"
+                raise EmbedRequestRejected(self._redact(reason)) from exc
+            raise EmbedError(
+                f"embeddings request for model {self.model!r} failed after"
+                f" {retrying.statistics['attempt_number']} attempts; last: {failure.label}"
+            ) from exc
+        except ValueError as exc:  # the client's parser found no usable data
+            raise EmbedError(f"malformed embeddings response: {exc}") from exc
+        usage = getattr(response, "usage", None)
+        if usage is not None and isinstance(getattr(usage, "prompt_tokens", None), int):
+            self._budget.charge(usage.prompt_tokens - tokens)  # the provider's count rules
+        return response
+
+    def _send(self, texts: list[str], tokens: int) -> Any:
+        """One attempt, after the shared pauses and budgets allow it; a Retry-After in the
+        answer holds back every request for this endpoint (capped like every wait)."""
+        import openai
+
+        self._budget.acquire(tokens)
+        try:
+            return self._client.embeddings.create(input=texts, model=self.model)
+        except openai.OpenAIError as exc:
+            hint = _classify(exc).wait_hint
+            if hint:
+                self._budget.hold(min(hint, self.settings.max_retry_wait))
+            raise
+
+    def _backoff(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        hint = _classify(exc).wait_hint if isinstance(exc, Exception) else None
+        return backoff_wait(
+            state.attempt_number - 1, cap=self.settings.max_retry_wait, hint=hint, rng=self._rng
+        )
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        label = _classify(exc).label if isinstance(exc, Exception) else "unknown"
+        wait = state.next_action.sleep if state.next_action else 0.0
         log.warning(
             "embeddings request for model %r failed (%s); retry %d of %d in %.2f s",
             self.model,
-            failure.label,
-            attempt + 1,
+            label,
+            state.attempt_number,
             self.settings.max_retries,
             wait,
         )
-        self._sleep(wait)
 
     def _check_dimension(self, found: int) -> None:
         if self._dimension is None:

@@ -55,6 +55,9 @@ def test_bad_provider_still_indexes_every_document_and_honours_retry_after(
     collection, clean = f"badprovider_{nonce}", f"clean_{nonce}"
     monkeypatch.setenv("INGESTFLOW_EMBED_REQUEST_TIMEOUT", "1")
     monkeypatch.setenv("INGESTFLOW_EMBED_BATCH_SIZE", "8")  # more requests, more faults
+    # One request at a time: the seed then fixes the faults, and each request follows the
+    # answer before it (tests/integration/test_embedding_budget.py covers requests in flight).
+    monkeypatch.setenv("INGESTFLOW_EMBED_CONCURRENT_REQUESTS", "1")
     reset_caches()
     server.configure(seed=SEED, **FAULTS)
     # The first three requests fail one way each, whatever the seed draws afterwards.

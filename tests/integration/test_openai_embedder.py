@@ -56,6 +56,7 @@ def settings(base_url: str | None, **overrides: object) -> EmbeddingSettings:
         "request_timeout": 2.0,
         "max_retries": 3,
         "max_retry_wait": 0.1,
+        "budget_url": "memory://",  # each test's pauses its own; the shared store has its test
     }
     values.update(overrides)
     return EmbeddingSettings(**values)
@@ -212,7 +213,7 @@ def test_connection_errors_are_retried_then_reported() -> None:
 def test_batches_split_by_count(srv: OpenAIServer) -> None:
     emb = embedder(srv, batch_size=4)
     vectors = emb.embed(texts(10))
-    assert [r.texts for r in srv.stats().records] == [4, 4, 2]
+    assert sorted(r.texts for r in srv.stats().records) == [2, 4, 4]  # arrival order varies
     np.testing.assert_allclose(vectors, [srv.vector(t) for t in texts(10)], atol=1e-6)
 
 

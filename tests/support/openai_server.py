@@ -59,6 +59,12 @@ class Faults:
     latency: float = 0.0  # added to every request, seconds
     reverse_order: bool = False  # return data last-index-first (clients must sort by index)
     seed: int = 0
+    latency_per_token: float = 0.0  # added per input token, seconds (a provider's compute)
+    # Limits enforced over a sliding window (a minute, like OpenAI's): a request that would
+    # pass one gets a 429 whose Retry-After says when enough of the window has expired.
+    requests_per_window: int | None = None
+    tokens_per_window: int | None = None
+    limit_window: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,7 @@ class RequestRecord:
     model: str
     encoding_format: str
     retry_after: float | None = None
+    tokens: int = 0  # input tokens, as the server counts them (``count_tokens``)
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,7 @@ class ServerStats:
     by_status: dict[int, int]
     texts_embedded: int  # texts in successful responses only
     records: list[RequestRecord] = field(default_factory=list)
+    most_in_flight: int = 0  # the most requests the server was answering at one moment
 
     @property
     def timestamps(self) -> list[float]:
@@ -100,6 +108,12 @@ class EmbeddingRequest(BaseModel):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
     user: str | None = None
+
+
+def count_tokens(text: str) -> int:
+    """Input tokens as this server counts them: about four characters each, which is what
+    OpenAI's tokenizers give for English prose."""
+    return max(1, round(len(text) / 4))
 
 
 def embed_text(text: str, dimension: int) -> np.ndarray:
@@ -135,6 +149,9 @@ class OpenAIServer:
         self._rng = random.Random(0)
         self._forced: deque[tuple[int, float | None]] = deque()
         self._records: list[RequestRecord] = []
+        self._admitted: deque[tuple[float, int]] = deque()  # (arrival, tokens) in the minute
+        self._in_flight = 0
+        self._most_in_flight = 0
         self._stopping = threading.Event()
         self.host, self.port = "127.0.0.1", 0
         self.configure(**faults)
@@ -166,19 +183,21 @@ class OpenAIServer:
     def stats(self) -> ServerStats:
         """A consistent snapshot of the counters."""
         with self._lock:
-            records = list(self._records)
+            records, most = list(self._records), self._most_in_flight
         ok = [r for r in records if r.status == 200]
         return ServerStats(
             requests=len(records),
             by_status=dict(Counter(r.status for r in records)),
             texts_embedded=sum(r.texts for r in ok),
             records=records,
+            most_in_flight=most,
         )
 
     def reset_stats(self) -> None:
         """Forget recorded requests (fault knobs and the RNG are kept)."""
         with self._lock:
             self._records.clear()
+            self._most_in_flight = self._in_flight
 
     def reset(self) -> None:
         """Back to a fresh server: default faults, no forced failures, no records, RNG re-seeded.
@@ -190,6 +209,8 @@ class OpenAIServer:
             self._rng = random.Random(self.faults.seed)
             self._forced.clear()
             self._records.clear()
+            self._admitted.clear()
+            self._most_in_flight = self._in_flight
 
     def vector(self, text: str) -> np.ndarray:
         """The vector this server returns for ``text``."""
@@ -209,11 +230,22 @@ class OpenAIServer:
     async def _handle(self, body: EmbeddingRequest, authorization: str) -> JSONResponse:
         arrived = time.monotonic()
         texts = [body.input] if isinstance(body.input, str) else body.input
+        tokens = sum(count_tokens(t) for t in texts)
         status, retry_after, hang = self._decide(authorization, texts)
+        if status == 200:
+            status, retry_after = self._admit(arrived, tokens)
         # Recorded on arrival, so a request that hangs is counted while it hangs.
-        self._record(arrived, status, len(texts), body, retry_after)
+        self._record(arrived, status, len(texts), body, retry_after, tokens)
         faults = self.faults
-        await self._pause(faults.latency + hang)
+        compute = faults.latency_per_token * tokens if status == 200 else 0.0
+        with self._lock:
+            self._in_flight += 1
+            self._most_in_flight = max(self._most_in_flight, self._in_flight)
+        try:
+            await self._pause(faults.latency + compute + hang)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
         if status != 200:
             return _error(status, retry_after, faults.retry_after_ms if status == 429 else None)
         return JSONResponse(self._payload(texts, body, faults.reverse_order))
@@ -238,6 +270,34 @@ class OpenAIServer:
             return 504, None, faults.hang
         return 200, None, 0.0
 
+    def _admit(self, now: float, tokens: int) -> tuple[int, float | None]:
+        """(200, None) if the request fits the minute's budgets (and is counted), else a 429
+        with the seconds until it would fit."""
+        faults = self.faults
+        rpm, tpm = faults.requests_per_window, faults.tokens_per_window
+        if rpm is None and tpm is None:
+            return 200, None
+        window = faults.limit_window
+        with self._lock:
+            while self._admitted and self._admitted[0][0] <= now - window:
+                self._admitted.popleft()
+            waits = []
+            if rpm is not None and len(self._admitted) + 1 > rpm:
+                waits.append(self._admitted[len(self._admitted) - rpm][0] + window - now)
+            spent = sum(t for _, t in self._admitted)
+            if tpm is not None and spent + tokens > tpm:
+                freed, wait = 0, window
+                for at, t in self._admitted:  # oldest first: when enough has expired
+                    freed += t
+                    if spent - freed + tokens <= tpm:
+                        wait = at + window - now
+                        break
+                waits.append(wait)
+            if waits:
+                return 429, round(max(max(waits), 0.001), 3)
+            self._admitted.append((now, tokens))
+        return 200, None
+
     def _retry_after(self, faults: Faults) -> float | None:
         if faults.retry_after is None or faults.retry_after_max is None:
             return faults.retry_after
@@ -252,14 +312,20 @@ class OpenAIServer:
             await asyncio.sleep(min(left, 0.05))
 
     def _record(
-        self, at: float, status: int, n: int, body: EmbeddingRequest, retry_after: float | None
+        self,
+        at: float,
+        status: int,
+        n: int,
+        body: EmbeddingRequest,
+        retry_after: float | None,
+        tokens: int,
     ) -> None:
         ms = self.faults.retry_after_ms
         if status == 429 and ms is not None:
             retry_after = ms / 1000  # what the client is asked to wait: retry-after-ms wins
         with self._lock:
             self._records.append(
-                RequestRecord(at, status, n, body.model, body.encoding_format, retry_after)
+                RequestRecord(at, status, n, body.model, body.encoding_format, retry_after, tokens)
             )
 
     def _payload(self, texts: list[str], body: EmbeddingRequest, reverse: bool) -> dict:
@@ -267,7 +333,7 @@ class OpenAIServer:
             {"object": "embedding", "index": i, "embedding": _encode(self.vector(t), body)}
             for i, t in enumerate(texts)
         ]
-        tokens = sum(len(_WORD.findall(t)) or 1 for t in texts)
+        tokens = sum(count_tokens(t) for t in texts)
         return {
             "object": "list",
             "data": data[::-1] if reverse else data,
