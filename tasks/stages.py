@@ -3,14 +3,18 @@
     fetch -> hash -> dedupe -> parse -> chunk -> embed -> upsert
 
 ``run_stages`` runs one micro-batch through them and ``run_batches`` runs many, deferring the
-collection's vector index during a bulk load. Both take the stages to call: ``PLAIN`` are the
-plain functions (a benchmark or a script, no Prefect at all); the flows hand in the same
-functions wrapped as Prefect tasks (``flows.ingest``). The sequence exists once.
+collection's vector index during a bulk load and preparing the next micro-batch (fetch to
+chunk, in a second thread) while the current one is embedded and written. Both take the
+stages to call: ``PLAIN`` are the plain functions (a benchmark or a script, no Prefect at
+all); the flows hand in the same functions wrapped as Prefect tasks (``flows.ingest``). The
+sequence exists once.
 """
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 from ingestflow.core.settings import IngestSettings
@@ -38,17 +42,30 @@ PLAIN: tuple[Stage, ...] = (
     embed_documents,
     upsert_documents,
 )
+PREPARE = 5  # fetch .. chunk; the stages after them (embed, upsert) finish a micro-batch
 
 
 def run_stages(
     works: list[DocWork], ctx: StageContext, stages: Sequence[Stage] = PLAIN
 ) -> list[DocWork]:
     """One micro-batch through every stage; fetched temp files are removed at the end."""
-    for stage in stages:
+    return _finish(_prepare(works, ctx, stages), ctx, stages)
+
+
+def _prepare(works: list[DocWork], ctx: StageContext, stages: Sequence[Stage]) -> list[DocWork]:
+    for stage in stages[:PREPARE]:
         works = stage(works, ctx)
-    for work in works:
-        if work.fetched is not None:
-            work.fetched.path.unlink(missing_ok=True)
+    return works
+
+
+def _finish(works: list[DocWork], ctx: StageContext, stages: Sequence[Stage]) -> list[DocWork]:
+    try:
+        for stage in stages[PREPARE:]:
+            works = stage(works, ctx)
+    finally:
+        for work in works:
+            if work.fetched is not None:
+                work.fetched.path.unlink(missing_ok=True)
     return works
 
 
@@ -64,23 +81,35 @@ def run_batches(
     stages: Sequence[Stage] = PLAIN,
     on_batch: Callable[[list[DocWork]], None] = lambda works: None,
 ) -> None:
-    """Each micro-batch of sources through ``run_stages`` as it arrives (``batches`` may be a
+    """Each micro-batch of sources through the stages as it arrives (``batches`` may be a
     generator: a sweep yields batches while it lists a bucket); ``on_batch`` sees each
-    finished batch. A run large enough (``total`` when known, else the sources seen so far)
-    defers the collection's vector index and rebuilds it at the end."""
+    finished batch, in order. A run large enough (``total`` when known, else the sources seen
+    so far) defers the collection's vector index and rebuilds it at the end.
+
+    While one micro-batch is embedded and written, the next is fetched, parsed and chunked in
+    a second thread (the stages keep their Prefect task runs: the thread runs in the flow's
+    context). At most two micro-batches are in memory at once; the index changes and every
+    write of documents happen in the calling thread, in order."""
     deferral = DeferredVectorIndex(
         collection_id=ctx.collection_id,
         dimension=dimension,
         min_documents=settings.bulk_index_min_documents,
         build_memory=settings.index_build_memory,
     )
-    with deferral:
+    with deferral, ThreadPoolExecutor(1, thread_name_prefix="prepare") as ahead:
         seen = 0
+        prepared: Future[list[DocWork]] | None = None
         for sources in batches:
             seen += len(sources)
-            deferral.before_batch(max(total or 0, seen))
             works = [DocWork(source=s, metadata=metadata or {}, password=password) for s in sources]
-            on_batch(run_stages(works, ctx, stages))
+            # A batch whose preparation failed stops the run before the next one is claimed.
+            current = prepared.result() if prepared is not None else None
+            prepared = ahead.submit(contextvars.copy_context().run, _prepare, works, ctx, stages)
+            if current is not None:
+                on_batch(_finish(current, ctx, stages))
+            deferral.before_batch(max(total or 0, seen))
+        if prepared is not None:
+            on_batch(_finish(prepared.result(), ctx, stages))
 
 
 def micro_batches(sources: Sequence[str], size: int) -> list[list[str]]:
