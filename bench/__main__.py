@@ -6,6 +6,8 @@
     latency         upload to searchable through the whole stack, per design (bench/latency.py)
     notebook        ingest() with no Prefect server: ephemeral mode against the background
                     server (bench/notebook.py)
+    remote          a hosted-style embedding API at its rate limit, current design against
+                    the previous one, one worker and several (bench/remote.py)
 
 ``python -m bench run --small --embedder hash --systems ingestflow`` is the quick check.
 """
@@ -46,11 +48,18 @@ def _notebook(argv: list[str]) -> None:
     main(argv)
 
 
+def _remote(argv: list[str]) -> None:
+    from bench.remote import main
+
+    main(argv)
+
+
 DELEGATES: dict[str, Callable[[list[str]], None]] = {
     "upload-memory": _upload_memory,
     "embedders": _embedders,
     "latency": _latency,
     "notebook": _notebook,
+    "remote": _remote,
 }
 
 
