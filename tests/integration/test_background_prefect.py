@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import REPO, SAMPLES, reset_caches
+from tests.conftest import REPO, SAMPLES
 from tests.support.processes import free_port
 
 pytestmark = pytest.mark.slow
@@ -104,22 +104,30 @@ def test_first_ingest_starts_a_kept_server_that_later_calls_reuse_and_stop_ends(
     assert "no background Prefect server" in again.stdout
 
 
-def test_a_port_held_by_something_else_falls_back_to_ephemeral_mode_with_a_warning(
-    monkeypatch, tmp_path, caplog
-):
-    from deployments.prefect_server import use_running_server
-
+def test_a_port_held_by_something_else_falls_back_to_ephemeral_mode_with_a_warning(tmp_path):
+    check = (
+        "import logging, os; logging.basicConfig();"
+        " from deployments.prefect_server import use_running_server;"
+        " print('CHOSE', use_running_server(), os.environ.get('PREFECT_API_URL'))"
+    )
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
-        monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
-        monkeypatch.setenv("INGESTFLOW_QUEUE_PREFECT_SERVER", "background")
-        monkeypatch.setenv("INGESTFLOW_QUEUE_PREFECT_PORT", str(squatter.getsockname()[1]))
-        monkeypatch.delenv("PREFECT_API_URL", raising=False)
-        reset_caches()
-        with caplog.at_level("WARNING"):
-            assert use_running_server() is None
-    reset_caches()
-    assert "PREFECT_API_URL" not in os.environ
-    assert "background Prefect server exited" in caplog.text
-    assert "ephemeral mode" in caplog.text
+        env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+        env |= {
+            "XDG_DATA_HOME": str(tmp_path),
+            "INGESTFLOW_QUEUE_PREFECT_SERVER": "background",
+            "INGESTFLOW_QUEUE_PREFECT_PORT": str(squatter.getsockname()[1]),
+        }
+        done = subprocess.run(
+            [sys.executable, "-c", check],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "CHOSE None None" in done.stdout
+    assert "background Prefect server exited" in done.stderr
+    assert "ephemeral mode" in done.stderr
