@@ -13,6 +13,7 @@ sequence exists once.
 from __future__ import annotations
 
 import contextvars
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
@@ -52,8 +53,19 @@ def run_stages(
     return _finish(_prepare(works, ctx, stages), ctx, stages)
 
 
-def _prepare(works: list[DocWork], ctx: StageContext, stages: Sequence[Stage]) -> list[DocWork]:
+class _Stopped(Exception):
+    """The run stopped while this micro-batch was being prepared."""
+
+
+def _prepare(
+    works: list[DocWork],
+    ctx: StageContext,
+    stages: Sequence[Stage],
+    stop: threading.Event | None = None,
+) -> list[DocWork]:
     for stage in stages[:PREPARE]:
+        if stop is not None and stop.is_set():
+            raise _Stopped  # before the next stage: dedupe must not claim for a stopped run
         works = stage(works, ctx)
     return works
 
@@ -96,20 +108,33 @@ def run_batches(
         min_documents=settings.bulk_index_min_documents,
         build_memory=settings.index_build_memory,
     )
-    with deferral, ThreadPoolExecutor(1, thread_name_prefix="prepare") as ahead:
-        seen = 0
-        prepared: Future[list[DocWork]] | None = None
-        for sources in batches:
-            seen += len(sources)
-            works = [DocWork(source=s, metadata=metadata or {}, password=password) for s in sources]
-            # A batch whose preparation failed stops the run before the next one is claimed.
-            current = prepared.result() if prepared is not None else None
-            prepared = ahead.submit(contextvars.copy_context().run, _prepare, works, ctx, stages)
-            if current is not None:
-                on_batch(_finish(current, ctx, stages))
-            deferral.before_batch(max(total or 0, seen))
-        if prepared is not None:
-            on_batch(_finish(prepared.result(), ctx, stages))
+    stop = threading.Event()
+    ahead = ThreadPoolExecutor(1, thread_name_prefix="prepare")
+    try:
+        with deferral:
+            seen = 0
+            prepared: Future[list[DocWork]] | None = None
+            for sources in batches:
+                seen += len(sources)
+                works = [
+                    DocWork(source=s, metadata=metadata or {}, password=password) for s in sources
+                ]
+                # A batch whose preparation failed stops the run before the next is claimed.
+                current = prepared.result() if prepared is not None else None
+                run = contextvars.copy_context().run
+                prepared = ahead.submit(run, _prepare, works, ctx, stages, stop)
+                if current is not None:
+                    on_batch(_finish(current, ctx, stages))
+                deferral.before_batch(max(total or 0, seen))
+            if prepared is not None:
+                on_batch(_finish(prepared.result(), ctx, stages))
+    except BaseException:
+        # A failure, or the run cancelled (a signal raised here): the preparation still
+        # running stops before its next stage, and nobody waits for it.
+        stop.set()
+        ahead.shutdown(wait=False, cancel_futures=True)
+        raise
+    ahead.shutdown()
 
 
 def micro_batches(sources: Sequence[str], size: int) -> list[list[str]]:

@@ -121,7 +121,8 @@ def test_a_long_job_is_watched_from_queued_to_completed_on_both_streams(
     api, tenant, paused, collection, openai_server
 ):
     name, key = tenant
-    openai_server.configure(latency=0.6)  # each embedding request takes a while
+    # Each embedding request takes a while: 14 requests, 4 at a time, about 8 s in all.
+    openai_server.configure(latency=2.0)
     try:
         job_id = _upload(api, key, collection, _long_document(chunks=500))
         watch = Watch(api, key, job_id)

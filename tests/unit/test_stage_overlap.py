@@ -112,3 +112,42 @@ def test_a_failing_preparation_is_raised_and_later_batches_do_not_run(
         )
     assert [[w.source for w in works] for works in finished] == [["b1"]]
     assert ("fetch", "b3") not in recorder.events  # nothing after the failure was claimed
+
+
+def test_a_run_stopped_mid_batch_claims_nothing_more(recorder: Recorder) -> None:
+    """The current batch fails (or the run is cancelled) while the next is being fetched:
+    the run ends at once, and the next batch stops before dedupe claims its documents."""
+    release = threading.Event()
+    names_and_stages = [recorder.stage(n) for n in NAMES]
+    record_hash = names_and_stages[1]
+
+    def slow_hash(works: list[DocWork], ctx: StageContext) -> list[DocWork]:
+        if works[0].source == "b2":
+            release.wait(timeout=10)  # a fetch that is still reading
+        return record_hash(works, ctx)
+
+    def failing_embed(works: list[DocWork], ctx: StageContext) -> list[DocWork]:
+        assert recorder.second_batch_fetched.wait(timeout=10)
+        raise KeyboardInterrupt  # what a cancellation signal raises in the main thread
+
+    names_and_stages[1] = slow_hash
+    names_and_stages[5] = failing_embed
+    ctx = StageContext(collection_id=1, config=None, workdir=Path("."))  # type: ignore[arg-type]
+    with pytest.raises(KeyboardInterrupt):
+        stages.run_batches(
+            [["b1"], ["b2"]],
+            ctx,
+            dimension=8,
+            settings=IngestSettings(),
+            stages=names_and_stages,
+        )
+    assert not release.is_set()  # the run did not wait for the next batch's fetch
+    release.set()
+    pause = threading.Event()
+    for _ in range(100):
+        if ("hash", "b2") in recorder.events:
+            break
+        pause.wait(0.05)
+    pause.wait(0.2)  # time for a dedupe that should not come
+    assert ("hash", "b2") in recorder.events
+    assert ("dedupe", "b2") not in recorder.events
