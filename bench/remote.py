@@ -14,8 +14,9 @@ process or several (``--workers``: the documents split between them, each its ow
   what the provider did before), each worker on its own.
 
 Printed per design: seconds to all indexed, requests, 429s, the tokens the server admitted,
-the share of the limit used while embedding (admitted tokens against the limit over the time
-between the first and the last admitted request, when that is a minute or more), and
+the share of the limit used while embedding (admitted tokens against what the server's
+sliding minute admits between the first and the last admitted request, when that is a minute
+or more), and
 requests that arrived inside a Retry-After window another answer had given more than 100 ms
 earlier.
 """
@@ -152,8 +153,10 @@ def _measure(
     admitted = [r for r in records if r.status == 200]
     tokens = sum(r.tokens for r in admitted)
     span = (admitted[-1].at - admitted[0].at) if len(admitted) > 1 else 0.0
-    # Below a minute the limit never bound the run: nothing to measure against.
-    possible = args.tokens_per_minute * span / 60 if span >= 60 else 0.0
+    # What the server's sliding minute admits from the first request to the last: a whole
+    # minute's tokens at once, then the minute's rate. Below a minute the limit never bound
+    # the run: nothing to measure against.
+    possible = args.tokens_per_minute * (span + 60) / 60 if span >= 60 else 0.0
     return Measured(
         design=design,
         workers=workers,

@@ -7,4 +7,4 @@ source scripts/setup.sh
 export HF_HUB_OFFLINE=1
 .venv/bin/ruff check .
 .venv/bin/mypy ingestflow flows tasks storage api deployments bench
-exec .venv/bin/pytest "$@"
+exec .venv/bin/pytest --durations=25 "$@"
