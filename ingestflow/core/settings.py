@@ -124,8 +124,9 @@ class EmbeddingSettings(BaseSettings):
     )
     budget_url: SecretStr | None = Field(
         default=None,
-        description="Where the shared budgets and Retry-After pauses live: a Redis URL"
-        " (default: the queue's REDIS_URL), or memory:// for each process on its own.",
+        description="Where the shared budgets and Retry-After pauses live: a Redis URL, or"
+        " memory:// for each process on its own (default: the queue's REDIS_URL with the"
+        " Celery backend or a budget set, else memory://).",
     )
     model_server_url: str | None = Field(
         default=None,

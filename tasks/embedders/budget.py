@@ -218,10 +218,11 @@ def budget_for(key: str, settings: EmbeddingSettings) -> SharedBudget:
     url = _storage_url(settings)
     rpm, tpm = settings.requests_per_minute, settings.tokens_per_minute
     window = settings.budget_window_seconds
+    spec = (key, url, rpm, tpm, window)
     with _budgets_lock:
-        found = _budgets.get((key, url, rpm, tpm, window))
+        found = _budgets.get(spec)
         if found is None:
-            found = _budgets[(key, url, rpm, tpm, window)] = SharedBudget(
+            found = _budgets[spec] = SharedBudget(
                 key,
                 requests_per_minute=rpm,
                 tokens_per_minute=tpm,
