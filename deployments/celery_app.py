@@ -1,4 +1,4 @@
-"""The Celery app of the ``celery`` queue backend: Redis as broker and result backend, and two
+"""The Celery app of the ``celery`` queue backend: Redis as broker and result backend, and the
 tasks that call the same Prefect flows as every other front door.
 
 Start a worker, consuming the queues in priority order::
@@ -29,6 +29,11 @@ or, without importing this module, ``app.send_task("ingestflow.ingest", kwargs=.
 A task calls the flow directly (``flows.ingest_batch`` / ``flows.delete_documents``), so the
 run shows on the Prefect server named by ``PREFECT_API_URL`` (or a server on 127.0.0.1:4200,
 see ``deployments.prefect_server``; never an ephemeral server per task).
+
+**A large job.** An ingest job with more documents than one part
+(``INGESTFLOW_FAN_OUT_PART_DOCUMENTS``) is split (``flows.fan_out``): its task sends helper
+tasks (``ingestflow.ingest_parts``) to its own queue, and every worker that takes one does
+parts of the job while the job's own task does parts too and gathers the outcomes.
 
 **A worker that dies mid-task.** Tasks are acknowledged late (``task_acks_late``) and a task
 whose worker process is lost is rejected back to the queue (``task_reject_on_worker_lost``);
@@ -68,6 +73,7 @@ from ingestflow.core.types import JobKind
 
 log = logging.getLogger(__name__)
 INGEST_TASK = "ingestflow.ingest"
+INGEST_PARTS_TASK = "ingestflow.ingest_parts"
 DELETE_TASK = "ingestflow.delete"
 TASKS = {JobKind.INGEST: INGEST_TASK, JobKind.DELETE: DELETE_TASK}
 PRIORITIES = ("high", "normal", "low")  # the order a worker should consume them in
@@ -209,11 +215,30 @@ def ingest(
         jobs=members,
     )
     _begin(self, request)
-    from flows import ingest_batch  # Prefect is imported in the worker's child, after fork
+    # Prefect is imported in the worker's child, after fork
+    from flows import ingest_batch
+    from flows.fan_out import helped_by
 
-    state = ingest_batch(**request.flow_parameters(), return_state=True)
+    queue = (self.request.delivery_info or {}).get("routing_key") or DEFAULT_QUEUE
+    with helped_by(lambda run_id, count: _ask_for_helpers(run_id, count, queue)):
+        state = ingest_batch(**request.flow_parameters(), return_state=True)
     result = state.result()
     return ingest_summary(result, tenant=tenant, flow_run_id=_flow_run_id(state))
+
+
+def _ask_for_helpers(run_id: str, count: int, queue: str) -> None:
+    """``count`` helper tasks for a large job split into parts, on the job's own queue."""
+    for _ in range(count):
+        ingest_parts.apply_async(kwargs={"run_id": run_id}, queue=queue)
+
+
+@app.task(name=INGEST_PARTS_TASK)
+def ingest_parts(run_id: str) -> int:
+    """Help a large ingest job split into parts (``flows.fan_out``): take its parts until none
+    is left; returns how many this task did."""
+    from flows import ingest_parts as help_run
+
+    return int(help_run(run_id=run_id))
 
 
 @app.task(name=DELETE_TASK, bind=True)

@@ -23,7 +23,7 @@ from uuid import UUID
 
 from deployments.requeue import requeue_documents
 from deployments.work_pool import DEFAULT_QUEUE, WORK_POOL, ensure_work_pool
-from flows import delete_documents, ingest_batch, ingest_document, sweep_bucket
+from flows import delete_documents, ingest_batch, ingest_document, ingest_parts, sweep_bucket
 from ingestflow.core.settings import get_settings
 
 if TYPE_CHECKING:
@@ -47,6 +47,10 @@ def deployment_specs() -> dict[str, dict[str, Any]]:
         },
         "ingest-batch": {
             "description": "Ingest many documents in micro-batches.",
+            "tags": DEPLOYMENT_TAGS,
+        },
+        "ingest-parts": {
+            "description": "Help a large ingest job: take its parts until none is left.",
             "tags": DEPLOYMENT_TAGS,
         },
         "delete-documents": {
@@ -73,6 +77,7 @@ def deployed_flows() -> list[tuple[Flow[..., Any], dict[str, Any]]]:
     flows: list[tuple[Flow[..., Any], dict[str, Any]]] = [
         (ingest_document, {"name": "ingest-document", **specs["ingest-document"]}),
         (ingest_batch, {"name": "ingest-batch", **specs["ingest-batch"]}),
+        (ingest_parts, {"name": "ingest-parts", **specs["ingest-parts"]}),
         (delete_documents, {"name": "delete-documents", **specs["delete-documents"]}),
         (
             requeue_documents,

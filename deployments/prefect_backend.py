@@ -33,7 +33,7 @@ DEPLOYMENTS = {
     JobKind.INGEST: "ingest-batch/ingest-batch",
     JobKind.DELETE: "delete-documents/delete-documents",
 }
-_DEPLOYMENT_NAMES = ["ingest-batch", "delete-documents", "ingest-document"]
+_DEPLOYMENT_NAMES = ["ingest-batch", "delete-documents", "ingest-document", "ingest-parts"]
 # Every deployment of ours, the scheduled ones too: their old runs are pruned alike.
 _ALL_DEPLOYMENTS = [*_DEPLOYMENT_NAMES, "requeue-documents", "sweep-bucket"]
 _KIND_BY_FLOW = {"ingest-batch": JobKind.INGEST, "delete-documents": JobKind.DELETE}

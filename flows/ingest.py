@@ -15,31 +15,25 @@ from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
 
-from prefect import Task, flow, get_run_logger
+from prefect import flow, get_run_logger
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
     update_progress_artifact,
 )
 from prefect.runtime import flow_run
-from prefect.utilities.annotations import quote
 from pydantic import SecretStr
 
+from flows.fan_out import fan_out, should_fan_out
 from ingestflow.core.errors import DocumentsFailedError
 from ingestflow.core.progress import Progress, report
 from ingestflow.core.settings import get_settings
 from ingestflow.core.types import DocumentOutcome, DocumentStatus, IngestResult
 from storage.migrate import ensure_schema
-from tasks.chunk import chunk_task
 from tasks.collections import collection_task
 from tasks.config import ChunkingConfig, PipelineConfig
-from tasks.dedupe import dedupe_task
-from tasks.embed import embed_task
-from tasks.fetch import fetch_task, hash_task
 from tasks.jobs import ingest_outcome, job_ended, job_span, job_started, span_outcome
-from tasks.parse import parse_task
-from tasks.stages import Stage, micro_batches, run_batches
-from tasks.upsert import upsert_task
+from tasks.stages import TASK_STAGES, micro_batches, run_batches
 from tasks.work import DocWork, StageContext, describe_error, split_password
 
 
@@ -195,37 +189,35 @@ def _ingest(
             {source: job for job, sources in jobs.items() for source in sources},
             tenant,
         )
-        run_batches(
-            batches,
-            ctx,
-            dimension=coll.dimension,
-            settings=settings.ingest,
-            metadata=public,
-            password=password,
-            total=total,
-            stages=TASK_STAGES,
-            on_batch=tracker.advance,
-        )
+        if should_fan_out(settings, total=total, password=password):
+            for each in fan_out(
+                batches,
+                ctx,
+                dimension=coll.dimension,
+                settings=settings,
+                metadata=public,
+                chunking=chunking,
+                total=total,
+                stages=TASK_STAGES,
+                on_progress=tracker.show,
+            ):
+                tracker.add(each.source, each.outcome)
+            tracker.show(len(tracker.outcomes))
+        else:
+            run_batches(
+                batches,
+                ctx,
+                dimension=coll.dimension,
+                settings=settings.ingest,
+                metadata=public,
+                password=password,
+                total=total,
+                stages=TASK_STAGES,
+                on_batch=tracker.advance,
+            )
     result = IngestResult(collection, tracker.outcomes, flow_run_id=flow_run.id)
     _summarise(result)
     return result, tracker.sources
-
-
-def _as_task_run(stage: Task[..., list[DocWork]]) -> Stage:
-    """A stage task called with the batch quoted: Prefect passes it through without walking
-    it (it would otherwise visit every document, chunk and vector looking for futures, which
-    cost 20-50 ms per task run for a batch of 32 documents, more than the task run itself)."""
-
-    def run(works: list[DocWork], ctx: StageContext) -> list[DocWork]:
-        return stage(cast("list[DocWork]", quote(works)), ctx)
-
-    return run
-
-
-TASK_STAGES: tuple[Stage, ...] = tuple(
-    _as_task_run(t)
-    for t in (fetch_task, hash_task, dedupe_task, parse_task, chunk_task, embed_task, upsert_task)
-)
 
 
 class _Tracker:
@@ -236,6 +228,7 @@ class _Tracker:
         self.outcomes: list[DocumentOutcome] = []
         self.sources: list[str] = []
         self.artifact_id: UUID | None = None
+        self.shown = 0
         if total:
             # Called from a sync flow, Prefect's dual sync/async helpers return plain values.
             self.artifact_id = cast(
@@ -243,9 +236,21 @@ class _Tracker:
             )
 
     def advance(self, works: list[DocWork]) -> None:
-        self.outcomes.extend(w.outcome() for w in works)
-        self.sources.extend(w.source for w in works)
-        done = len(self.outcomes)
+        """A micro-batch of this process's has finished."""
+        for work in works:
+            self.add(work.source, work.outcome())
+        self.show(len(self.outcomes))
+
+    def add(self, source: str, outcome: DocumentOutcome) -> None:
+        self.outcomes.append(outcome)
+        self.sources.append(source)
+
+    def show(self, done: int) -> None:
+        """``done`` documents have finished (in this process, or in the parts of a
+        fanned-out run, which are counted before their outcomes are gathered)."""
+        if done == self.shown:
+            return
+        self.shown = done
         if self.artifact_id is not None and self.total:
             update_progress_artifact(self.artifact_id, progress=100.0 * done / self.total)
         report(Progress(done=done, total=self.total or done, outcomes=list(self.outcomes)))

@@ -70,6 +70,20 @@ class IngestSettings(BaseSettings):
         pattern=r"^[1-9][0-9]*(kB|MB|GB)$",
         description="maintenance_work_mem for building a vector index.",
     )
+    fan_out_helpers: int = Field(
+        default=3,
+        ge=0,
+        description="Helper runs a large job asks its queue backend for, so other workers of"
+        " the pool take parts of it; 0 never splits a job.",
+    )
+    fan_out_part_documents: int = Field(
+        default=512, gt=0, description="Documents per part of a split job."
+    )
+    fan_out_stale_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="A part whose worker has been silent this long is taken again by another.",
+    )
 
     @field_validator("chunk_overlap")
     @classmethod
