@@ -51,6 +51,7 @@ def ensure_work_pool() -> None:
     concurrency limit (``prefect worker start --limit N``) high-priority runs start first.
     """
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectAlreadyExists
 
     with get_client(sync_client=True) as client:
         pool = _read_or_create_pool(client)
@@ -64,7 +65,11 @@ def ensure_work_pool() -> None:
         for name in QUEUE_ORDER:
             queue, priority = queues.get(name), WORK_QUEUES[name]
             if queue is None:
-                client.create_work_queue(name=name, priority=priority, work_pool_name=WORK_POOL)
+                # Another runner or worker starting at the same time may create it first.
+                with contextlib.suppress(ObjectAlreadyExists):
+                    client.create_work_queue(
+                        name=name, priority=priority, work_pool_name=WORK_POOL
+                    )
             elif queue.priority != priority:
                 client.update_work_queue(queue.id, priority=priority)
 
