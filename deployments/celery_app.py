@@ -215,13 +215,11 @@ def ingest(
         jobs=members,
     )
     _begin(self, request)
-    # Prefect is imported in the worker's child, after fork
-    from flows import ingest_batch
-    from flows.fan_out import helped_by
+    import flows  # Prefect is imported in the worker's child, after fork
 
     queue = (self.request.delivery_info or {}).get("routing_key") or DEFAULT_QUEUE
-    with helped_by(lambda run_id, count: _ask_for_helpers(run_id, count, queue)):
-        state = ingest_batch(**request.flow_parameters(), return_state=True)
+    with flows.helped_by(lambda run_id, count: _ask_for_helpers(run_id, count, queue)):
+        state = flows.ingest_batch(**request.flow_parameters(), return_state=True)
     result = state.result()
     return ingest_summary(result, tenant=tenant, flow_run_id=_flow_run_id(state))
 

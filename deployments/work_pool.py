@@ -67,9 +67,7 @@ def ensure_work_pool() -> None:
             if queue is None:
                 # Another runner or worker starting at the same time may create it first.
                 with contextlib.suppress(ObjectAlreadyExists):
-                    client.create_work_queue(
-                        name=name, priority=priority, work_pool_name=WORK_POOL
-                    )
+                    client.create_work_queue(name=name, priority=priority, work_pool_name=WORK_POOL)
             elif queue.priority != priority:
                 client.update_work_queue(queue.id, priority=priority)
 

@@ -17,8 +17,8 @@ A worker killed in the middle of a part stops its heartbeat; once the heartbeat 
 than ``INGESTFLOW_FAN_OUT_STALE_SECONDS``, another run (a helper, or the parent) claims the
 part again and runs it from the start, which the stages make exact (known bytes end
 ``unchanged``, a half-written document is replaced whole). A part failing three times fails
-the run. A parent that is cancelled or dies drops its parts (or stops its heartbeat), and the
-helpers stop claiming.
+the run. Once the run's jobs have ended (cancelled), or its parent has died (its heartbeat
+stopped), no part is handed out any more.
 """
 
 from __future__ import annotations

@@ -91,8 +91,9 @@ def claim_part(
     conn: Conn, *, run_id: str, claimed_by: str | None, stale_seconds: float
 ) -> ClaimedPart | None:
     """The next part to do, now claimed: a waiting one, or one whose claimant went silent for
-    ``stale_seconds``. None when no part is left to claim, or when the parent itself went
-    silent (it died, or was cancelled: nobody would gather the outcomes)."""
+    ``stale_seconds``. None when no part is left to claim, when the parent itself went
+    silent (it died: nobody would gather the outcomes), or when every job of the run has
+    ended (it was cancelled)."""
     claim = str(uuid.uuid4())
     row = conn.execute(
         "UPDATE fan_out_parts p SET state = 'running', claim = %(claim)s,"
@@ -101,6 +102,8 @@ def claim_part(
         "   SELECT q.run_id, q.part FROM fan_out_parts q JOIN fan_out_runs r ON r.id = q.run_id"
         "   WHERE q.run_id = %(run)s"
         "     AND r.heartbeat_at >= now() - make_interval(secs => %(stale)s)"
+        "     AND (cardinality(r.job_ids) = 0 OR EXISTS (SELECT 1 FROM jobs j"
+        "          WHERE j.id = ANY(r.job_ids) AND j.state IN ('queued', 'running')))"
         "     AND (q.state = 'waiting' OR (q.state = 'running'"
         "          AND q.heartbeat_at < now() - make_interval(secs => %(stale)s)))"
         "   ORDER BY q.part LIMIT 1 FOR UPDATE OF q SKIP LOCKED)"

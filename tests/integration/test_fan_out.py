@@ -21,9 +21,12 @@ STALE = 1.0  # seconds before a silent claimant's part is taken again
 
 @pytest.fixture
 def split(pipeline, monkeypatch) -> Iterator[None]:
-    """Small parts and micro-batches, so a few dozen documents make several parts."""
+    """Small parts and micro-batches, so a few dozen documents make several parts, and
+    embedding requests slow enough that the parent cannot do every part before a helper
+    has started."""
     from tests.conftest import reset_caches
 
+    pipeline.configure(latency=0.3)
     monkeypatch.setenv("INGESTFLOW_FAN_OUT_PART_DOCUMENTS", str(PART))
     monkeypatch.setenv("INGESTFLOW_FAN_OUT_HELPERS", "2")
     monkeypatch.setenv("INGESTFLOW_FAN_OUT_STALE_SECONDS", str(STALE))
@@ -159,6 +162,23 @@ def test_a_part_failing_every_attempt_fails_and_a_silent_parent_stops_all_claims
     assert _claim(parts_run) is None  # parts 1 and 2 wait, but their parent has gone
 
 
+def test_no_part_of_a_cancelled_job_is_claimed(parts_run, collection):
+    from storage.db import transaction
+    from storage.jobs import create_job, finish_job
+
+    job = str(uuid.uuid4())
+    with transaction() as conn:
+        create_job(
+            conn, job_id=job, tenant="default", collection=collection, kind="ingest",
+            backend="prefect",
+        )  # fmt: skip
+        conn.execute("UPDATE fan_out_runs SET job_ids = %s WHERE id = %s", ([job], parts_run))
+    assert _claim(parts_run) is not None  # queued: its parts are handed out
+    with transaction() as conn:
+        finish_job(conn, job_id=job, state="cancelled", message="cancelled by request")
+    assert _claim(parts_run) is None
+
+
 # ------------------------------------------------------------------------- split runs
 
 
@@ -233,6 +253,7 @@ def test_sweep_under_fan_out_keeps_its_deletion_guard(split, collection, tmp_pat
     helpers = ThreadHelpers()
     with helped_by(helpers):
         first = sweep_bucket(str(bucket), collection=collection)
+    helpers.join()
     assert (first.listed, first.added, first.deleted, first.failed) == (30, 30, 0, [])
     assert sum(helpers.parts) >= 1, "no helper took a part"
 
