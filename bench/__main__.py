@@ -8,6 +8,8 @@
                     server (bench/notebook.py)
     remote          a hosted-style embedding API at its rate limit, current design against
                     the previous one, one worker and several (bench/remote.py)
+    scale           one job shared by 1, 2 and 4 workers on each queue backend, with a
+                    worker killed mid-part (bench/scale.py)
 
 ``python -m bench run --small --embedder hash --systems ingestflow`` is the quick check.
 """
@@ -48,6 +50,12 @@ def _notebook(argv: list[str]) -> None:
     main(argv)
 
 
+def _scale(argv: list[str]) -> None:
+    from bench.scale import main
+
+    main(argv)
+
+
 def _remote(argv: list[str]) -> None:
     from bench.remote import main
 
@@ -60,6 +68,7 @@ DELEGATES: dict[str, Callable[[list[str]], None]] = {
     "latency": _latency,
     "notebook": _notebook,
     "remote": _remote,
+    "scale": _scale,
 }
 
 
