@@ -2,14 +2,16 @@
 endpoint: a requests-per-minute and a tokens-per-minute budget, and the pause a Retry-After
 asks for.
 
-The budgets are sliding-window counters from the ``limits`` library, kept in Redis (see
-``budget_for`` for which), so four workers against one account's limit spend one budget
-instead of each discovering the 429s. A request
-waits until both budgets admit it. A Retry-After seen by any process is a Redis key that
-expires when the pause ends: every process checks it before each request. With
-``memory://`` both are kept in this process only. If Redis cannot be reached, the process
-falls back to its own budget and pause for a minute (logged), and then tries Redis again:
-embedding never stops because the shared store is down.
+The budgets are moving windows from the ``limits`` library (a log of what was spent in the
+last window, as a provider counts its minute), kept in Redis (see ``budget_for`` for which),
+so four workers against one account's limit spend one budget instead of each discovering the
+429s. Tokens are logged in coarse units (at most ``UNITS_PER_WINDOW`` per window, each
+request rounded up), which keeps the log small. A request waits until both budgets admit it.
+A Retry-After seen by any process is a Redis key that expires when the pause ends: every
+process checks it before each request. With ``memory://`` both are kept in this process
+only. If Redis cannot be reached, the process falls back to its own budget and pause for a
+minute (logged), and then tries Redis again: embedding never stops because the shared store
+is down.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.errors import StorageError
 from limits.storage import MemoryStorage, Storage, storage_from_string
-from limits.strategies import SlidingWindowCounterRateLimiter
+from limits.strategies import MovingWindowRateLimiter
 
 from ingestflow.core.settings import EmbeddingSettings, get_settings
 
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 
 FALLBACK_SECONDS = 60.0  # after a Redis failure, how long this process keeps its own budget
 _LONGEST_NAP = 1.0  # a waiting request looks at the budget again at least this often
+UNITS_PER_WINDOW = 2000  # the most entries a tokens budget logs per window
 _HOLD = "ingestflow:embed:hold:"
 # Set the pause only if it ends later than the one already set (PTTL -2: none is set).
 _EXTEND_HOLD = """
@@ -61,21 +64,23 @@ class SharedBudget:
         self._limits: list[tuple[RateLimitItem, bool]] = []  # (limit, costs tokens)
         scale = window_seconds / 60
         window = max(1, round(window_seconds))
-        for per_minute, by_tokens in ((requests_per_minute, False), (tokens_per_minute, True)):
-            if per_minute:
-                amount = max(1, int(per_minute * scale))
-                self._limits.append((RateLimitItemPerSecond(amount, window), by_tokens))
-        self.tokens_per_window = next(
-            (i.amount for i, by_tokens in self._limits if by_tokens), None
-        )
+        self.tokens_per_window = int(tokens_per_minute * scale) if tokens_per_minute else None
+        # Tokens per logged unit: a request's estimate is rounded up to whole units.
+        self.unit = max(1, -(-(self.tokens_per_window or 1) // UNITS_PER_WINDOW))
+        if requests_per_minute:
+            amount = max(1, int(requests_per_minute * scale))
+            self._limits.append((RateLimitItemPerSecond(amount, window), False))
+        self._window_units = max(1, (self.tokens_per_window or 1) // self.unit)
+        if self.tokens_per_window:
+            self._limits.append((RateLimitItemPerSecond(self._window_units, window), True))
         self._sleep = sleep
         self._url = storage_url
         self._shared = not storage_url.startswith("memory://")
-        self._local_limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
+        self._local_limiter = MovingWindowRateLimiter(MemoryStorage())
         self._local_hold_until = 0.0
         self._lock = threading.Lock()
         self._fallback_until = 0.0
-        self._limiter: SlidingWindowCounterRateLimiter | None = None
+        self._limiter: MovingWindowRateLimiter | None = None
         self._redis: Any = None
 
     def __repr__(self) -> str:
@@ -115,7 +120,7 @@ class SharedBudget:
         then spend them; returns the seconds waited. A request larger than the whole
         tokens-per-minute budget is charged the whole budget (it could never pass)."""
         waited = 0.0
-        cost = min(max(tokens, 1), self.tokens_per_window or tokens or 1)
+        cost = min(self._units(max(tokens, 1)), self._window_units)
         while True:
             left = self.hold_left()
             if left > 0:
@@ -133,16 +138,20 @@ class SharedBudget:
 
     def charge(self, tokens: int) -> None:
         """Spend ``tokens`` more than were acquired (the provider counted more), without
-        waiting: the next requests wait for them instead."""
+        waiting, as far as the window has room: the next requests wait for them instead."""
         if tokens <= 0:
             return
         limiter = self._current_limiter()
         for item, by_tokens in self._limits:
             if by_tokens:
                 try:
-                    limiter.hit(item, self.key, "tokens", cost=min(tokens, item.amount))
+                    units = min(self._units(tokens), item.amount)
+                    limiter.hit(item, self.key, "tokens", cost=units)
                 except StorageError as exc:
                     self._fall_back(exc)
+
+    def _units(self, tokens: int) -> int:
+        return -(-tokens // self.unit)
 
     def _try_spend(self, cost: int) -> float | None:
         """None when the request may go (its cost spent), else seconds to wait first."""
@@ -162,22 +171,20 @@ class SharedBudget:
             return 0.0
         return None
 
-    def _nap(
-        self, limiter: SlidingWindowCounterRateLimiter, item: RateLimitItem, by_tokens: bool
-    ) -> float:
+    def _nap(self, limiter: MovingWindowRateLimiter, item: RateLimitItem, by_tokens: bool) -> float:
         reset = limiter.get_window_stats(item, self.key, _name(by_tokens)).reset_time
         # Jitter, so processes that wait together do not all come back at once.
         return min(max(reset - time.time(), 0.02), _LONGEST_NAP) * random.uniform(0.5, 1.0)
 
     # Where the budget lives -------------------------------------------------------------
 
-    def _current_limiter(self) -> SlidingWindowCounterRateLimiter:
+    def _current_limiter(self) -> MovingWindowRateLimiter:
         if not self._shared or time.monotonic() < self._fallback_until:
             return self._local_limiter
         if self._limiter is None:
             storage = storage_from_string(self._url, wrap_exceptions=True)
             assert isinstance(storage, Storage)  # a synchronous scheme
-            self._limiter = SlidingWindowCounterRateLimiter(storage)
+            self._limiter = MovingWindowRateLimiter(storage)
         return self._limiter
 
     def _shared_client(self) -> Any:
