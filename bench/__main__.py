@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench.harness import EMBEDDERS, REPO, SYSTEMS, Options
+from bench.harness import EMBEDDERS, REPO, SYSTEMS, Options, RemoteAPI
 
 
 def _upload_memory(argv: list[str]) -> None:
@@ -106,9 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--embedder",
-        choices=[*EMBEDDERS, "both"],
+        choices=[*EMBEDDERS, "both", "remote"],
         default="both",
-        help="all-MiniLM-L6-v2 (minilm), the deterministic hash embedder, or both (default)",
+        help="all-MiniLM-L6-v2 (minilm), the deterministic hash embedder, both (default), or"
+        " remote: every system's own OpenAI integration against a local OpenAI-compatible"
+        " server with latency and a tokens-per-minute limit",
+    )
+    run.add_argument(
+        "--remote-latency", type=float, default=0.25, help="remote: seconds per request"
+    )
+    run.add_argument(
+        "--remote-tokens-per-minute",
+        type=int,
+        default=1_000_000,
+        help="remote: the limit the server enforces with 429 and Retry-After",
     )
     run.add_argument(
         "--systems",
@@ -157,6 +168,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         mixed=args.mixed,
         out=args.out,
         prefect_api_url=args.prefect_api_url,
+        remote=RemoteAPI(
+            latency=args.remote_latency, tokens_per_minute=args.remote_tokens_per_minute
+        ),
     )
     run(options, args_list)
 

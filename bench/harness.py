@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,11 +40,22 @@ from bench.judge import judge
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEMS = ("ingestflow", "langchain", "llamaindex")
-EMBEDDERS = ("minilm", "hash")
+EMBEDDERS = ("minilm", "hash")  # run by default; "remote" only when asked for
 INDEXING_PHASES = ("first", "unchanged", "change", "delete")
 MICRO_MODULES = ("prefect_overhead", "embed_stage", "write_path", "search_latency")
 CHUNK_SIZE, CHUNK_OVERLAP, EMBED_BATCH = 1000, 200, 64
 DEFAULT_PREFECT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@dataclass(frozen=True)
+class RemoteAPI:
+    """The OpenAI-compatible test server every system's own OpenAI integration calls for
+    ``--embedder remote``: per-request latency, a per-token cost, and a tokens-per-minute
+    limit enforced over a sliding minute with 429 and Retry-After."""
+
+    latency: float = 0.25
+    latency_per_token: float = 0.00001
+    tokens_per_minute: int = 1_000_000
 
 
 @dataclass
@@ -58,6 +69,7 @@ class Options:
     out: Path = REPO / "bench" / "results"
     prefect_api_url: str | None = None
     seed: int = corpus.SEED
+    remote: RemoteAPI | None = None  # the hosted-style API of ``--embedder remote``
 
     @property
     def doc_limit(self) -> int | None:
@@ -127,6 +139,12 @@ class Bench:
         self.plan = corpus.plan_edits(self.ids, seed=options.seed)
         self.commands: dict[str, list[str]] = {}
         self.skipped: dict[str, str] = {}
+        self.remote_server: Any = None  # tests/support/openai_server.py, for --embedder remote
+
+    def serve_remote(self, server: Any) -> None:
+        """The systems' OpenAI integrations call ``server`` (with a key it does not check)."""
+        self.remote_server = server
+        self.env |= {"OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "bench"}
 
     def prepare_systems(self) -> list[str]:
         """Interpreter and runner of each selected system; a peer that cannot run is skipped
@@ -200,6 +218,7 @@ class Bench:
                 print(f"{len(r['chunks']):>8} chunks stored", flush=True)
             return done
 
+        remote: dict[str, Any] = {}
         try:
             for name in INDEXING_PHASES:
                 if name == "change":
@@ -207,8 +226,12 @@ class Bench:
                     corpus.apply_changes(folder, self.plan)
                 if name == "delete":
                     corpus.apply_deletes(folder, self.plan)
+                if embedder == "remote" and name == "first":
+                    self._fresh_remote_minute()
                 done = phase(name)
                 run.phases[name] = _phase_record(done)
+                if embedder == "remote" and name == "first":
+                    remote = self._remote_use()
             final = phase("final")
         except PhaseFailed as exc:
             run.error = str(exc)
@@ -216,12 +239,46 @@ class Bench:
             return run
         chunks = final.result["chunks"]
         run.final = {
+            **({"remote_first_ingest": remote} if remote else {}),
             **judge(chunks, folder).as_dict(),
             "peak_rss_mib": final.peak_rss_mib,
             **{k: v for k, v in final.result.items() if k not in ("chunks", "system", "phase")},
         }
         run.change = change_accounting(before, chunks, self.plan, run.phases["change"])
         return run
+
+    def _fresh_remote_minute(self) -> None:
+        """A fresh server minute (nothing admitted yet) with the configured latency and limit."""
+        api = self.options.remote or RemoteAPI()
+        self.remote_server.reset()
+        self.remote_server.configure(
+            latency=api.latency,
+            latency_per_token=api.latency_per_token,
+            tokens_per_window=api.tokens_per_minute,
+            limit_window=60.0,
+        )
+
+    def _remote_use(self) -> dict[str, Any]:
+        """The first ingest's requests, 429s and use of the limit, as the server saw them."""
+        from bench.remote import limit_use
+
+        api = self.options.remote or RemoteAPI()
+        records = self.remote_server.stats().records
+        tokens, utilisation, inside = limit_use(records, api.tokens_per_minute)
+        use = {
+            "requests": len(records),
+            "refused_429": sum(1 for r in records if r.status == 429),
+            "tokens": tokens,
+            "limit_used": round(utilisation, 3) if utilisation else None,
+            "inside_retry_after": inside,
+        }
+        limit = f"{utilisation:.0%} of the limit" if utilisation else "the limit did not bind"
+        print(
+            f"    {use['requests']} requests, {use['refused_429']} 429s, {tokens} tokens,"
+            f" {limit}, {inside} inside a Retry-After",
+            flush=True,
+        )
+        return use
 
     def run_mixed_formats(self, embedder: str) -> dict[str, Any]:
         """ingestflow alone on the PDFs and Office/HTML/CSV/JSON files: a first ingest."""
@@ -371,8 +428,17 @@ def run(options: Options, argv: list[str] | None = None) -> dict[str, Any]:
     info = machine()
     work = Path(tempfile.mkdtemp(prefix="ingestflow-bench-"))
     try:
-        with database() as db_url, prefect_server(options.prefect_api_url) as (api, on):
+        with (
+            database() as db_url,
+            prefect_server(options.prefect_api_url) as (api, on),
+            ExitStack() as stack,
+        ):
             bench = Bench(options, db_url, api, work)
+            if "remote" in options.embedders:
+                sys.path.insert(0, str(REPO))
+                from tests.support.openai_server import run_openai_server
+
+                bench.serve_remote(stack.enter_context(run_openai_server(dimension=1536)))
             systems = bench.prepare_systems()
             for peer, reason in bench.skipped.items():
                 print(f"skipping {peer}: {reason}", flush=True)

@@ -150,13 +150,7 @@ def _measure(
                 print(f"  {line}", flush=True)
     seconds = time.monotonic() - began
     records = server.stats().records
-    admitted = [r for r in records if r.status == 200]
-    tokens = sum(r.tokens for r in admitted)
-    span = (admitted[-1].at - admitted[0].at) if len(admitted) > 1 else 0.0
-    # What the server's sliding minute admits from the first request to the last: a whole
-    # minute's tokens at once, then the minute's rate. Below a minute the limit never bound
-    # the run: nothing to measure against.
-    possible = args.tokens_per_minute * (span + 60) / 60 if span >= 60 else 0.0
+    tokens, utilisation, inside = limit_use(records, args.tokens_per_minute)
     return Measured(
         design=design,
         workers=workers,
@@ -165,9 +159,24 @@ def _measure(
         requests=len(records),
         refused=sum(1 for r in records if r.status == 429),
         tokens=tokens,
-        utilisation=tokens / possible if possible else 0.0,
-        inside_retry_after=_inside_retry_after(records),
+        utilisation=utilisation,
+        inside_retry_after=inside,
     )
+
+
+def limit_use(records, tokens_per_minute: int) -> tuple[int, float, int]:
+    """The tokens the server admitted, the share of its limit they used, and the requests
+    that arrived inside a Retry-After window another answer had given.
+
+    The share counts against what the server's sliding minute admits from the first admitted
+    request to the last: a whole minute's tokens at once, then the minute's rate. A run whose
+    requests span less than a minute never met the limit: its share is 0 (nothing to
+    measure against)."""
+    admitted = [r for r in records if r.status == 200]
+    tokens = sum(r.tokens for r in admitted)
+    span = (admitted[-1].at - admitted[0].at) if len(admitted) > 1 else 0.0
+    possible = tokens_per_minute * (span + 60) / 60 if span >= 60 else 0.0
+    return tokens, tokens / possible if possible else 0.0, _inside_retry_after(records)
 
 
 def _inside_retry_after(records) -> int:

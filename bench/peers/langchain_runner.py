@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--corpus", required=True, type=Path)
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--collection", required=True)
-    parser.add_argument("--embedder", required=True, choices=("minilm", "hash"))
+    parser.add_argument("--embedder", required=True, choices=("minilm", "hash", "remote"))
     parser.add_argument("--chunk-size", type=int, default=1000)
     parser.add_argument("--chunk-overlap", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -131,6 +131,27 @@ def counting_embeddings(embed_fn: EmbedFn) -> Any:
     return CountingEmbeddings()
 
 
+def counting_openai_embeddings() -> Any:
+    """langchain-openai's ``OpenAIEmbeddings`` with its default batching, counting the texts
+    it is asked to embed; the endpoint and key come from ``OPENAI_BASE_URL`` and
+    ``OPENAI_API_KEY``. Its token-length check is off: it needs tiktoken's encoding files,
+    which it downloads, and this machine has no internet."""
+    from langchain_openai import OpenAIEmbeddings
+
+    class CountingOpenAIEmbeddings(OpenAIEmbeddings):
+        embedded: int = 0
+
+        def embed_documents(
+            self, texts: list[str], chunk_size: int | None = None, **kwargs: Any
+        ) -> list[list[float]]:
+            self.embedded += len(texts)
+            return super().embed_documents(texts, chunk_size, **kwargs)
+
+    return CountingOpenAIEmbeddings(
+        model="text-embedding-3-small", check_embedding_ctx_length=False
+    )
+
+
 def read_corpus(folder: Path) -> list[Any]:
     """One document per ``.txt`` file, ``source`` = file name."""
     from langchain_core.documents import Document
@@ -183,7 +204,10 @@ def run_index_phase(args: argparse.Namespace) -> dict[str, Any]:
     from langchain_text_splitters import RecursiveCharacterTextSplitter
     from sqlalchemy import create_engine
 
-    embeddings = counting_embeddings(make_embed_fn(args.embedder, args.batch_size))
+    if args.embedder == "remote":
+        embeddings = counting_openai_embeddings()
+    else:
+        embeddings = counting_embeddings(make_embed_fn(args.embedder, args.batch_size))
     engine = create_engine(sqlalchemy_url(args.database_url))
     store = PGVector(
         embeddings,

@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--corpus", required=True, type=Path)
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--collection", required=True)
-    parser.add_argument("--embedder", required=True, choices=("minilm", "hash"))
+    parser.add_argument("--embedder", required=True, choices=("minilm", "hash", "remote"))
     parser.add_argument("--chunk-size", type=int, default=1000)
     parser.add_argument("--chunk-overlap", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -171,6 +171,33 @@ def counting_embedding(embed_fn: EmbedFn, batch_size: int) -> Any:
     return CountingEmbedding(model_name="bench-shared", embed_batch_size=batch_size)
 
 
+def counting_openai_embedding() -> Any:
+    """llama-index-embeddings-openai's ``OpenAIEmbedding`` with its default batching,
+    counting the texts it is asked to embed; the endpoint and key come from
+    ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY``."""
+    import os
+
+    from llama_index.core.bridge.pydantic import PrivateAttr
+    from llama_index.embeddings.openai import OpenAIEmbedding
+
+    class CountingOpenAIEmbedding(OpenAIEmbedding):
+        _embedded: int = PrivateAttr(default=0)
+
+        @property
+        def embedded(self) -> int:
+            return self._embedded
+
+        def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+            self._embedded += len(texts)
+            return super()._get_text_embeddings(texts)
+
+    return CountingOpenAIEmbedding(
+        model="text-embedding-3-small",
+        api_base=os.environ["OPENAI_BASE_URL"],
+        api_key=os.environ["OPENAI_API_KEY"],
+    )
+
+
 def read_corpus(folder: Path) -> list[Any]:
     """One document per ``.txt`` file; its id and ``source`` are the file name."""
     from llama_index.core import Document
@@ -195,7 +222,12 @@ def run_index_phase(args: argparse.Namespace) -> dict[str, Any]:
     from llama_index.storage.kvstore.postgres import PostgresKVStore
     from llama_index.vector_stores.postgres import PGVectorStore
 
-    embed_model = counting_embedding(make_embed_fn(args.embedder, args.batch_size), args.batch_size)
+    if args.embedder == "remote":
+        embed_model = counting_openai_embedding()
+    else:
+        embed_model = counting_embedding(
+            make_embed_fn(args.embedder, args.batch_size), args.batch_size
+        )
     url = sqlalchemy_url(args.database_url)
     vector_store = PGVectorStore(
         connection_string=url,

@@ -48,7 +48,12 @@ if str(REPO) not in sys.path:
 from bench.hash_embedding import MODEL_NAME, PROVIDER, register_provider  # noqa: E402
 
 SYSTEM = "ingestflow"
-PROVIDERS = {"minilm": ("local", "all-MiniLM-L6-v2"), "hash": (PROVIDER, MODEL_NAME)}
+PROVIDERS = {
+    "minilm": ("local", "all-MiniLM-L6-v2"),
+    "hash": (PROVIDER, MODEL_NAME),
+    # The product's openai provider, at OPENAI_BASE_URL with OPENAI_API_KEY (bench/harness.py).
+    "remote": ("openai", "text-embedding-3-small"),
+}
 INDEXING_PHASES = ("first", "unchanged", "change", "delete")
 
 
