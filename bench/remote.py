@@ -143,6 +143,9 @@ def _measure(
         out, err = proc.communicate(timeout=3600)
         if proc.returncode != 0:
             raise SystemExit(f"a worker failed:\n{err[-3000:]}")
+        unreachable = err.count("embedding budget store unreachable")
+        if unreachable:
+            print(f"  a worker lost the shared budget's store {unreachable} times", flush=True)
         for line in out.splitlines():
             if line.startswith("INDEXED"):
                 indexed += int(line.split()[1])

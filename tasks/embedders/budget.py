@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 FALLBACK_SECONDS = 60.0  # after a Redis failure, how long this process keeps its own budget
 _LONGEST_NAP = 1.0  # a waiting request looks at the budget again at least this often
 UNITS_PER_WINDOW = 2000  # the most entries a tokens budget logs per window
+ARRIVAL_MARGIN_SECONDS = 1
 _HOLD = "ingestflow:embed:hold:"
 # Set the pause only if it ends later than the one already set (PTTL -2: none is set).
 _EXTEND_HOLD = """
@@ -63,7 +64,9 @@ class SharedBudget:
         self.key = key
         self._limits: list[tuple[RateLimitItem, bool]] = []  # (limit, costs tokens)
         scale = window_seconds / 60
-        window = max(1, round(window_seconds))
+        # What was spent stays in the log a second longer than the provider keeps it: the
+        # provider counts a request when it arrives, a moment after the budget spent it.
+        window = max(1, round(window_seconds)) + ARRIVAL_MARGIN_SECONDS
         self.tokens_per_window = int(tokens_per_minute * scale) if tokens_per_minute else None
         # Tokens per logged unit: a request's estimate is rounded up to whole units.
         self.unit = max(1, -(-(self.tokens_per_window or 1) // UNITS_PER_WINDOW))
