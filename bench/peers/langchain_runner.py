@@ -49,7 +49,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 SYSTEM = "langchain"
-DIMENSION = 384
+# Vector sizes: all-MiniLM-L6-v2 and the hash embedder 384; text-embedding-3-small 1536.
+DIMENSIONS = {"minilm": 384, "hash": 384, "remote": 1536}
 INCREMENTAL_PHASES = ("first", "unchanged", "change")
 PHASES = (*INCREMENTAL_PHASES, "delete", "final")
 
@@ -213,7 +214,7 @@ def run_index_phase(args: argparse.Namespace) -> dict[str, Any]:
         embeddings,
         connection=engine,
         collection_name=args.collection,
-        embedding_length=DIMENSION,
+        embedding_length=DIMENSIONS[args.embedder],
         use_jsonb=True,
     )
     ensure_hnsw_index(engine, args.collection)

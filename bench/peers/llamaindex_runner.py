@@ -48,7 +48,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 SYSTEM = "llamaindex"
-DIMENSION = 384
+# Vector sizes: all-MiniLM-L6-v2 and the hash embedder 384; text-embedding-3-small 1536.
+DIMENSIONS = {"minilm": 384, "hash": 384, "remote": 1536}
 PHASES = ("first", "unchanged", "change", "delete", "final")
 HNSW_KWARGS = {
     "hnsw_m": 16,
@@ -233,7 +234,7 @@ def run_index_phase(args: argparse.Namespace) -> dict[str, Any]:
         connection_string=url,
         async_connection_string=url,
         table_name=vector_table_name(args.collection),
-        embed_dim=DIMENSION,
+        embed_dim=DIMENSIONS[args.embedder],
         use_jsonb=True,
         hnsw_kwargs=dict(HNSW_KWARGS),
     )
