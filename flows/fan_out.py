@@ -232,7 +232,7 @@ def _split(
             )
         parts += 1
         if parts == 2 and wanted > 0:
-            helpers(str(ctx.flow_run_id), wanted)
+            _ask(helpers, str(ctx.flow_run_id), wanted)
 
     for batch in batches:
         seen += len(batch)
@@ -243,6 +243,19 @@ def _split(
             pending = pending[size:]
     if pending:
         add(pending)
+
+
+def _ask(helpers: Helpers, run_id: str, count: int) -> None:
+    """Ask for helpers; if the backend cannot be asked (no ``ingest-parts`` deployment, the
+    broker down), the run does its parts alone."""
+    try:
+        helpers(run_id, count)
+    except Exception as exc:  # noqa: BLE001 - helpers speed a run up; it never needs them
+        # The type only: a broker's error may carry its URL, and with it a password.
+        log.warning(
+            "could not ask for helpers (%s); this run does every part itself",
+            type(exc).__name__,
+        )
 
 
 def _do_one(

@@ -202,7 +202,7 @@ def _ingest(
                 on_progress=tracker.show,
             ):
                 tracker.add(each.source, each.outcome)
-            tracker.show(len(tracker.outcomes))
+            tracker.show(len(tracker.outcomes), outcomes_known=True)
         else:
             run_batches(
                 batches,
@@ -239,16 +239,17 @@ class _Tracker:
         """A micro-batch of this process's has finished."""
         for work in works:
             self.add(work.source, work.outcome())
-        self.show(len(self.outcomes))
+        self.show(len(self.outcomes), outcomes_known=True)
 
     def add(self, source: str, outcome: DocumentOutcome) -> None:
         self.outcomes.append(outcome)
         self.sources.append(source)
 
-    def show(self, done: int) -> None:
+    def show(self, done: int, *, outcomes_known: bool = False) -> None:
         """``done`` documents have finished (in this process, or in the parts of a
-        fanned-out run, which are counted before their outcomes are gathered)."""
-        if done == self.shown:
+        fanned-out run, which are counted before their outcomes are gathered; reported again
+        once they are)."""
+        if done == self.shown and not outcomes_known:
             return
         self.shown = done
         if self.artifact_id is not None and self.total:

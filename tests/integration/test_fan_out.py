@@ -270,3 +270,24 @@ def test_sweep_under_fan_out_keeps_its_deletion_guard(split, collection, tmp_pat
         allowed = sweep_bucket(str(bucket), collection=collection, max_delete_fraction=0.5)
     assert (allowed.deleted, allowed.unchanged, allowed.added) == (12, 28, 0)
     assert consistency_problems(collection) == []
+
+
+def test_a_run_whose_helpers_cannot_be_asked_for_does_every_part(
+    split, collection, tmp_path, caplog
+):
+    """No ``ingest-parts`` deployment, or the broker down: the run is not failed for it."""
+    from flows import ingest_batch
+    from flows.fan_out import helped_by
+
+    def unreachable(run_id: str, count: int) -> None:
+        raise ConnectionError("redis://:hunter2@broker:6379/0 refused")
+
+    paths = _corpus(tmp_path / "docs", 20, collection)
+    with helped_by(unreachable), caplog.at_level("WARNING", logger="flows.fan_out"):
+        result = ingest_batch([str(p) for p in paths], collection=collection)
+
+    assert result.count("indexed") == 20
+    assert "could not ask for helpers (ConnectionError)" in caplog.text
+    assert "hunter2" not in caplog.text
+    runs = {row["flow_run_id"] for row in document_rows(collection).values()}
+    assert runs == {str(result.flow_run_id)}
