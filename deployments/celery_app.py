@@ -57,7 +57,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -224,10 +224,11 @@ def ingest(
     return ingest_summary(result, tenant=tenant, flow_run_id=_flow_run_id(state))
 
 
-def _ask_for_helpers(run_id: str, count: int, queue: str) -> None:
-    """``count`` helper tasks for a large job split into parts, on the job's own queue."""
-    for _ in range(count):
-        ingest_parts.apply_async(kwargs={"run_id": run_id}, queue=queue)
+def _ask_for_helpers(run_id: str, count: int, queue: str) -> Callable[[], None]:
+    """``count`` helper tasks for a large job split into parts, on the job's own queue;
+    withdrawing revokes those no worker has taken yet (one that has finds nothing to do)."""
+    sent = [ingest_parts.apply_async(kwargs={"run_id": run_id}, queue=queue) for _ in range(count)]
+    return lambda: app.control.revoke([result.id for result in sent])
 
 
 @app.task(name=INGEST_PARTS_TASK)

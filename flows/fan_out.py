@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from uuid import UUID
 
 from prefect import flow
@@ -64,6 +64,9 @@ from tasks.config import ChunkingConfig, PipelineConfig
 from tasks.stages import TASK_STAGES, Stage, micro_batches, run_batches
 from tasks.work import DocWork, StageContext, describe_error
 
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
+
 log = logging.getLogger(__name__)
 
 HELPER_DEPLOYMENT = "ingest-parts/ingest-parts"
@@ -74,10 +77,14 @@ class FanOutFailedError(IngestError, code="fan_out_failed"):
     """A part of a fanned-out run failed on every attempt."""
 
 
-class Helpers(Protocol):
-    """Asks the queue backend for ``count`` helper runs of ``ingest-parts`` for ``run_id``."""
+Withdraw = Callable[[], None]
 
-    def __call__(self, run_id: str, count: int) -> None: ...
+
+class Helpers(Protocol):
+    """Asks the queue backend for ``count`` helper runs of ``ingest-parts`` for ``run_id``;
+    returns what withdraws the ones not started yet once the run has ended (or None)."""
+
+    def __call__(self, run_id: str, count: int) -> Withdraw | None: ...
 
 
 _helpers: ContextVar[Helpers | None] = ContextVar("fan_out_helpers", default=None)
@@ -104,16 +111,19 @@ def helpers_for_this_run() -> Helpers | None:
     return None
 
 
-def prefect_helpers(run_id: str, count: int) -> None:
+def prefect_helpers(run_id: str, count: int) -> Withdraw:
     """Child flow runs of the ``ingest-parts`` deployment, on the parent's work queue and with
-    its tags (so a served runner gives them the parent's priority)."""
+    its tags (so a served runner gives them the parent's priority). Withdrawing cancels those
+    still scheduled."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
     with get_client(sync_client=True) as client:
         parent = client.read_flow_run(UUID(flow_run.id)) if flow_run.id else None
+    children = []
     for _ in range(count):
-        run_deployment(
+        # Called from a sync flow, Prefect's dual sync/async function returns the flow run.
+        child = run_deployment(
             HELPER_DEPLOYMENT,
             parameters={"run_id": run_id},
             timeout=0,
@@ -121,6 +131,18 @@ def prefect_helpers(run_id: str, count: int) -> None:
             tags=list(parent.tags) if parent else None,
             work_queue_name=parent.work_queue_name if parent else None,
         )
+        children.append(cast("FlowRun", child).id)
+
+    def withdraw() -> None:
+        from prefect.states import Cancelled
+
+        with get_client(sync_client=True) as client:
+            for child in children:
+                state = client.read_flow_run(child).state
+                if state is not None and state.is_scheduled():
+                    client.set_flow_run_state(child, Cancelled(message="the run has ended"))
+
+    return withdraw
 
 
 def should_fan_out(settings: Settings, *, total: int | None, password: str | None) -> bool:
@@ -177,6 +199,7 @@ def fan_out(
                 job_ids=ctx.job_ids,
             ),
         )
+    withdraw: list[Withdraw] = []
     try:
         with (
             _Heartbeat(stale / 4, lambda: _beat(run_id, [])),
@@ -187,7 +210,7 @@ def fan_out(
                 build_memory=limits.index_build_memory,
             ) as deferral,
         ):
-            _split(batches, ctx, settings, total, helpers, deferral)
+            _split(batches, ctx, settings, total, helpers, deferral, withdraw)
             while True:
                 state = _parts(run_id)
                 if state.failed:
@@ -202,6 +225,8 @@ def fan_out(
     finally:
         with transaction() as conn:
             drop_run(conn, run_id=run_id)
+        for each in withdraw:
+            _withdraw(each)
     return [_outcome_of(row) for row in rows]
 
 
@@ -212,8 +237,10 @@ def _split(
     total: int | None,
     helpers: Helpers,
     deferral: DeferredVectorIndex,
+    withdraw: list[Withdraw],
 ) -> None:
-    """The parts, written as the batches arrive; helpers are asked for once there are two."""
+    """The parts, written as the batches arrive; helpers are asked for once there are two
+    (what withdraws them is added to ``withdraw``)."""
     size = settings.ingest.fan_out_part_documents
     wanted = settings.ingest.fan_out_helpers
     if total is not None:
@@ -232,7 +259,7 @@ def _split(
             )
         parts += 1
         if parts == 2 and wanted > 0:
-            _ask(helpers, str(ctx.flow_run_id), wanted)
+            withdraw.extend(_ask(helpers, str(ctx.flow_run_id), wanted))
 
     for batch in batches:
         seen += len(batch)
@@ -245,17 +272,27 @@ def _split(
         add(pending)
 
 
-def _ask(helpers: Helpers, run_id: str, count: int) -> None:
+def _ask(helpers: Helpers, run_id: str, count: int) -> list[Withdraw]:
     """Ask for helpers; if the backend cannot be asked (no ``ingest-parts`` deployment, the
     broker down), the run does its parts alone."""
     try:
-        helpers(run_id, count)
+        withdraw = helpers(run_id, count)
     except Exception as exc:  # noqa: BLE001 - helpers speed a run up; it never needs them
         # The type only: a broker's error may carry its URL, and with it a password.
         log.warning(
             "could not ask for helpers (%s); this run does every part itself",
             type(exc).__name__,
         )
+        return []
+    return [withdraw] if withdraw is not None else []
+
+
+def _withdraw(withdraw: Withdraw) -> None:
+    """Helpers not started yet are withdrawn (they would find nothing left to do)."""
+    try:
+        withdraw()
+    except Exception as exc:  # noqa: BLE001 - a helper left behind only finds nothing to do
+        log.info("could not withdraw the helpers not started (%s)", type(exc).__name__)
 
 
 def _do_one(
