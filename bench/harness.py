@@ -483,7 +483,7 @@ def run(options: Options, argv: list[str] | None = None) -> dict[str, Any]:
         "micro": micro,
         "bench_seconds": round(time.perf_counter() - started, 1),
     }
-    result["ratios"] = {e: harness_report.ratios(runs[e]) for e in runs}
+    result["ratios"] = {e: harness_report.ratios(runs[e], e) for e in runs}
     print(harness_report.report_text(result), flush=True)
     path = harness_report.write(result, options.out)
     print(f"\nwrote {path} (and {options.out / 'latest.json'})")

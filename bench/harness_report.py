@@ -2,7 +2,7 @@
 
 Targets (from the benchmark's issue):
 
-- first ingest, docs/s: at least 1.5x the faster peer;
+- first ingest, docs/s: at least 1.5x the faster peer (3x with the remote embedder);
 - re-ingest of the unchanged corpus: at least 50x faster than ingestflow's own first ingest,
   and at least 10x faster than LangChain's re-index;
 - after changing 5% of the documents: only the changed documents' new chunk texts are
@@ -45,8 +45,12 @@ def _row(
     }
 
 
-def ratios(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+FIRST_INGEST_TARGET = {"remote": 3.0}  # others: 1.5
+
+
+def ratios(runs: dict[str, dict[str, Any]], embedder: str = "hash") -> list[dict[str, Any]]:
     """The ratio rows of one embedder's runs (rows need ingestflow's run)."""
+    target = FIRST_INGEST_TARGET.get(embedder, 1.5)
     ours = runs.get("ingestflow")
     if not _ok(ours):
         return []
@@ -64,8 +68,8 @@ def ratios(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 round(first, 2),
                 round(base, 2),
                 first / base,
-                ">= 1.5",
-                first / base >= 1.5,
+                f">= {target:g}",
+                first / base >= target,
             )
         )
     else:
@@ -75,7 +79,7 @@ def ratios(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 round(first, 2),
                 None,
                 None,
-                ">= 1.5 x faster peer",
+                f">= {target:g} x faster peer",
                 None,
             )
         )

@@ -215,6 +215,14 @@ def _report(results: list[Measured], args: argparse.Namespace) -> None:
                 f" ({prev.seconds / cur.seconds:.2f}x); 429s {cur.refused} vs {prev.refused};"
                 f" limit used {cur.utilisation:.0%} vs {prev.utilisation:.0%}"
             )
+    for m in results:
+        if m.design == "current" and m.utilisation:
+            met = m.utilisation >= 0.85 and m.inside_retry_after == 0
+            print(
+                f"{m.workers} worker(s): {m.utilisation:.0%} of the limit used,"
+                f" {m.inside_retry_after} requests inside a Retry-After (target: >= 85% and"
+                f" none: {'met' if met else 'missed'})"
+            )
     ones = by.get(("current", 1))
     for m in results:
         if m.design == "current" and ones and m.workers > 1:
