@@ -1,7 +1,8 @@
 """``python -m bench scale``: one job over the same SciFact documents, done by 1, 2 and 4
-workers (``--workers``), on each queue backend (``--backends``: Celery workers, and served
-Prefect runners taking one flow run at a time), against the OpenAI-compatible test server
-(1,536 dimensions, 250 ms per request plus a per-token cost).
+workers (``--workers``), on each queue backend (``--backends``: ``celery`` workers,
+``prefect`` served runners and ``prefect-pool`` process workers on the ``ingestflow-process``
+pool, each taking one run at a time), against the OpenAI-compatible test server (1,536
+dimensions, 250 ms per request plus a per-token cost).
 
 Every worker count starts its workers first (their start is not timed), submits one job
 through the same front door as the API (``deployments.submit``) and times it from the
@@ -38,7 +39,7 @@ from pathlib import Path
 from bench.corpus import write_scifact
 from bench.harness import REPO, machine, prefect_server
 
-BACKENDS = ("celery", "prefect")
+BACKENDS = ("celery", "prefect", "prefect-pool")
 
 
 @dataclass
@@ -212,6 +213,9 @@ def _workers(backend: str, count: int, env: dict[str, str], logs: Path) -> Itera
                 stack.enter_context(run_celery_worker(env=env, log_dir=logs)) for _ in range(count)
             ]
             return
+        if backend == "prefect-pool":
+            yield _pool_workers(stack, count, env, logs)
+            return
         code = "from deployments.definitions import serve_deployments; serve_deployments(limit=1)"
         runners = []
         for n in range(count):
@@ -226,8 +230,37 @@ def _workers(backend: str, count: int, env: dict[str, str], logs: Path) -> Itera
         yield runners
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
+def _pool_workers(
+    stack: ExitStack, count: int, env: dict[str, str], logs: Path
+) -> list[subprocess.Popen]:
+    """The deployments registered on the pool, and ``count`` process workers polling it."""
+    import signal
+
+    from deployments.definitions import deploy_to_work_pool
+
+    deploy_to_work_pool()
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    argv = [prefect, "worker", "start", "--pool", "ingestflow-process", "--type", "process"]
+    workers = []
+    for n in range(count):
+        out = stack.enter_context((logs / f"worker-{uuid.uuid4().hex[:6]}-{n}.log").open("wb"))
+        proc = subprocess.Popen(
+            [*argv, "--limit", "1"], env={**env, "PREFECT_WORKER_QUERY_SECONDS": "1"},
+            cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        stack.callback(_stop, proc, signal.SIGINT)
+        workers.append(proc)
+    time.sleep(5.0)  # each worker starts and polls the pool
+    if any(w.poll() is not None for w in workers):
+        raise SystemExit("a pool worker exited")
+    return workers
+
+
+def _stop(proc: subprocess.Popen, how: int | None = None) -> None:
+    if how is None:
+        proc.terminate()
+    else:
+        proc.send_signal(how)
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:

@@ -176,6 +176,7 @@ def fan_out(
     total: int | None,
     stages: Sequence[Stage],
     on_progress: Callable[[int], None],
+    at_least: Callable[[], int] = lambda: 0,
 ) -> list[SourceOutcome]:
     """Split the run into parts, ask for helpers, do parts until none is left, wait for the
     helpers' parts and return every outcome in order (see the module docstring)."""
@@ -210,7 +211,7 @@ def fan_out(
                 build_memory=limits.index_build_memory,
             ) as deferral,
         ):
-            _split(batches, ctx, settings, total, helpers, deferral, withdraw)
+            _split(batches, ctx, settings, total, helpers, deferral, withdraw, at_least)
             while True:
                 state = _parts(run_id)
                 if state.failed:
@@ -238,6 +239,7 @@ def _split(
     helpers: Helpers,
     deferral: DeferredVectorIndex,
     withdraw: list[Withdraw],
+    at_least: Callable[[], int],
 ) -> None:
     """The parts, written as the batches arrive; helpers are asked for once there are two
     (what withdraws them is added to ``withdraw``)."""
@@ -263,7 +265,7 @@ def _split(
 
     for batch in batches:
         seen += len(batch)
-        deferral.before_batch(max(total or 0, seen))
+        deferral.before_batch(max(total or 0, seen, at_least()))
         pending.extend(batch)
         while len(pending) >= size:
             add(pending[:size])

@@ -10,7 +10,7 @@ seven per document, while each document keeps its own status, error and timings.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
@@ -101,9 +101,12 @@ def ingest_batches(
     tenant: str = "default",
     chunking: ChunkingConfig | None = None,
     jobs: dict[str, list[str]] | None = None,
+    at_least: Callable[[], int] = lambda: 0,
 ) -> IngestResult:
     """Run the stages, as Prefect tasks, over each micro-batch of sources as it arrives; call
-    inside a flow. ``total``, when known, drives the progress artifact; the records of the
+    inside a flow. ``total``, when known, drives the progress artifact; ``at_least()``, when
+    the total is not known, is how many sources the run knows of so far (a sweep's listing),
+    which lets a large run defer the vector index from its first batch. The records of the
     ``jobs``, when there are any, follow their documents."""
     ensure_schema()
     jobs = jobs or {}
@@ -127,6 +130,7 @@ def ingest_batches(
                 tenant=tenant,
                 chunking=chunking,
                 jobs=jobs,
+                at_least=at_least,
             )
         except BaseException as exc:
             for job_id in job_ids:
@@ -171,6 +175,7 @@ def _ingest(
     tenant: str,
     chunking: ChunkingConfig | None,
     jobs: dict[str, list[str]],
+    at_least: Callable[[], int],
 ) -> tuple[IngestResult, list[str]]:
     """The run's result, and the source (as given) of each of its outcomes."""
     settings = get_settings()
@@ -200,6 +205,7 @@ def _ingest(
                 total=total,
                 stages=TASK_STAGES,
                 on_progress=tracker.show,
+                at_least=at_least,
             ):
                 tracker.add(each.source, each.outcome)
             tracker.show(len(tracker.outcomes), outcomes_known=True)
@@ -214,6 +220,7 @@ def _ingest(
                 total=total,
                 stages=TASK_STAGES,
                 on_batch=tracker.advance,
+                at_least=at_least,
             )
     result = IngestResult(collection, tracker.outcomes, flow_run_id=flow_run.id)
     _summarise(result)

@@ -80,7 +80,9 @@ def sweep_bucket(
     coll = collection_task(collection, "default", PipelineConfig.from_settings(settings).embedding)
     size = batch_size or settings.ingest.batch_size
     lister = _Lister(prefix, coll.id, started, report, page_size)
-    result = ingest_batches(lister.batches(size), collection=collection)
+    result = ingest_batches(
+        lister.batches(size), collection=collection, at_least=lambda: len(lister.candidates)
+    )
     _count_outcomes(report, result.outcomes, lister)
     with transaction() as conn:
         record_versions(

@@ -113,11 +113,13 @@ def run_batches(
     total: int | None = None,
     stages: Sequence[Stage] = PLAIN,
     on_batch: Callable[[list[DocWork]], None] = lambda works: None,
+    at_least: Callable[[], int] = lambda: 0,
 ) -> None:
     """Each micro-batch of sources through the stages as it arrives (``batches`` may be a
     generator: a sweep yields batches while it lists a bucket); ``on_batch`` sees each
     finished batch, in order. A run large enough (``total`` when known, else the sources seen
-    so far) defers the collection's vector index and rebuilds it at the end.
+    so far, or ``at_least()``: the sources a sweep has listed so far) defers the collection's
+    vector index and rebuilds it at the end.
 
     While one micro-batch is embedded and written, the next is fetched, parsed and chunked in
     a second thread (the stages keep their Prefect task runs: the thread runs in the flow's
@@ -146,7 +148,7 @@ def run_batches(
                 prepared = ahead.submit(run, _prepare, works, ctx, stages, stop)
                 if current is not None:
                     on_batch(_finish(current, ctx, stages))
-                deferral.before_batch(max(total or 0, seen))
+                deferral.before_batch(max(total or 0, seen, at_least()))
             if prepared is not None:
                 on_batch(_finish(prepared.result(), ctx, stages))
     except BaseException:

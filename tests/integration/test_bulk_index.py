@@ -125,3 +125,24 @@ def test_a_missing_index_is_rebuilt_unless_a_bulk_load_holds_the_collection(pipe
 
     ingest([second], collection=name)  # the next run heals it
     assert _state(name) == "valid"
+
+
+@pytest.mark.slow
+def test_a_large_sweep_defers_the_index_from_its_first_batch(pipeline, tmp_path, monkeypatch):
+    """A sweep does not know its total, but it knows what it has listed: 30 new documents
+    into an empty collection defer the index before the first micro-batch is written."""
+    from flows import sweep_bucket
+
+    nonce = uuid.uuid4().hex[:12]
+    make_corpus(tmp_path / "bucket", nonce, count=30)
+    collection = f"sweep_{nonce}"
+    monkeypatch.setenv("INGESTFLOW_BULK_INDEX_MIN_DOCUMENTS", "10")
+    reset_caches()
+    watcher = _Watcher(collection)
+    with listen(watcher):
+        report = sweep_bucket(str(tmp_path / "bucket"), collection=collection, batch_size=5)
+
+    assert report.added == 30
+    assert watcher.states == ["missing"] * 6
+    assert watcher.unfound == []
+    assert _state(collection) == "valid"
