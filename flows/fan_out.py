@@ -61,7 +61,7 @@ from storage.fan_out import (
 from storage.migrate import ensure_schema
 from storage.vector_index import DeferredVectorIndex
 from tasks.config import ChunkingConfig, PipelineConfig
-from tasks.stages import TASK_STAGES, Stage, micro_batches, run_batches
+from tasks.stages import TASK_STAGES, Stage, index_deferral, micro_batches, run_batches
 from tasks.work import DocWork, StageContext, describe_error
 
 if TYPE_CHECKING:
@@ -204,12 +204,7 @@ def fan_out(
     try:
         with (
             _Heartbeat(stale / 4, lambda: _beat(run_id, [])),
-            DeferredVectorIndex(
-                collection_id=ctx.collection_id,
-                dimension=dimension,
-                min_documents=limits.bulk_index_min_documents,
-                build_memory=limits.index_build_memory,
-            ) as deferral,
+            index_deferral(ctx, dimension=dimension, settings=limits) as deferral,
         ):
             _split(batches, ctx, settings, total, helpers, deferral, withdraw, at_least)
             while True:

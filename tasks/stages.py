@@ -125,12 +125,7 @@ def run_batches(
     a second thread (the stages keep their Prefect task runs: the thread runs in the flow's
     context). At most two micro-batches are in memory at once; the index changes and every
     write of documents happen in the calling thread, in order."""
-    deferral = DeferredVectorIndex(
-        collection_id=ctx.collection_id,
-        dimension=dimension,
-        min_documents=settings.bulk_index_min_documents,
-        build_memory=settings.index_build_memory,
-    )
+    deferral = index_deferral(ctx, dimension=dimension, settings=settings)
     stop = threading.Event()
     ahead = ThreadPoolExecutor(1, thread_name_prefix="prepare")
     try:
@@ -158,6 +153,19 @@ def run_batches(
         ahead.shutdown(wait=False, cancel_futures=True)
         raise
     ahead.shutdown()
+
+
+def index_deferral(
+    ctx: StageContext, *, dimension: int, settings: IngestSettings
+) -> DeferredVectorIndex:
+    """The run's deferral of its collection's vector index (``storage.vector_index``), by the
+    settings' bulk-load threshold and build memory."""
+    return DeferredVectorIndex(
+        collection_id=ctx.collection_id,
+        dimension=dimension,
+        min_documents=settings.bulk_index_min_documents,
+        build_memory=settings.index_build_memory,
+    )
 
 
 def micro_batches(sources: Sequence[str], size: int) -> list[list[str]]:
