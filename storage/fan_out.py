@@ -176,16 +176,6 @@ def part_outcomes(conn: Conn, *, run_id: str) -> list[dict[str, Any]]:
     return [o for row in rows for o in row["outcomes"]]
 
 
-def claimants(conn: Conn, *, run_id: str) -> dict[str, int]:
-    """Each flow run that completed parts of the run, with how many."""
-    rows = conn.execute(
-        "SELECT claimed_by, count(*) AS parts FROM fan_out_parts"
-        " WHERE run_id = %s AND state = 'done' GROUP BY claimed_by",
-        (run_id,),
-    ).fetchall()
-    return {str(r["claimed_by"]): r["parts"] for r in rows}
-
-
 def drop_run(conn: Conn, *, run_id: str) -> None:
     """The run and its parts, once its parent has gathered them (or given up)."""
     conn.execute("DELETE FROM fan_out_runs WHERE id = %s", (run_id,))
